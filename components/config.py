@@ -1,0 +1,189 @@
+"""params.yaml as typed config: one pydantic section per stage, validated at load.
+
+Unknown keys and bad values fail with the dotted key path and what was expected, e.g.
+``params.yaml: prepare.num_videos: expected a valid integer, got 'many'``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FolderSource(Section):
+    """A user's own videos: a directory plus a captions file (JSONL or CSV)."""
+
+    root: str | None = Field(None, description="directory holding the videos (paths in the captions file are relative to it)")
+    captions: str | None = Field(None, description="captions file: .jsonl or .csv with video, caption(s), optional split, question, answer")
+    default_split: Literal["train", "val", "test"] = "train"
+
+
+class PrepareConfig(Section):
+    source: Literal["synthetic", "folder"] = "synthetic"
+    seed: int = 0
+    num_videos: int = Field(120, ge=3, description="synthetic: clips to generate (train clips also get a time-reversed twin)")
+    frames_per_video: int = Field(24, ge=4, le=600)
+    fps: int = Field(8, ge=1, le=120)
+    width: int = Field(112, ge=32, le=1920)
+    height: int = Field(112, ge=32, le=1080)
+    val_share: float = Field(0.1, ge=0.0, lt=1.0)
+    test_share: float = Field(0.2, gt=0.0, lt=1.0)
+    reversed_twins: bool = Field(True, description="add each train clip's time-reversed twin with its own caption")
+    folder: FolderSource = FolderSource()
+
+    @model_validator(mode="after")
+    def _shares(self) -> "PrepareConfig":
+        if self.val_share + self.test_share >= 1.0:
+            raise ValueError("val_share + test_share must be below 1 (something must be left for train)")
+        if self.source == "folder" and (not self.folder.root or not self.folder.captions):
+            raise ValueError("source 'folder' needs prepare.folder.root and prepare.folder.captions")
+        return self
+
+
+class Range(Section):
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class ValidateConfig(Section):
+    duration_s: Range = Range(min=0.1, max=3600.0)
+    width: Range = Range(min=16, max=8192)
+    height: Range = Range(min=16, max=8192)
+    fps: Range = Range(min=1, max=240)
+    min_caption_chars: int = Field(3, ge=1)
+    required_splits: list[Literal["train", "val", "test"]] = ["train", "test"]
+
+
+class ExtractFramesConfig(Section):
+    num_frames: int = Field(8, ge=1, le=256)
+    size: int = Field(224, ge=16, le=1024, description="frames are resized to size x size (aspect not kept, as the reference)")
+    train_sampling: Literal["headtail", "uniform", "random"] = "headtail"
+    eval_sampling: Literal["uniform", "middle"] = "uniform"
+    shard_size: int = Field(128, ge=1, description="clips per shard file")
+    workers: int = Field(2, ge=1, le=64)
+    timeout_s: float = Field(60.0, gt=0, description="per-video decode timeout")
+    max_failed_share: float = Field(0.2, ge=0.0, le=1.0, description="fail the stage when more videos than this are quarantined")
+    seed: int = 0
+
+
+class Params(Section):
+    prepare: PrepareConfig = PrepareConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    extract_frames: ExtractFramesConfig = ExtractFramesConfig()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def section(self, name: str) -> Section:
+        return getattr(self, "validate_" if name == "validate" else name)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading, overrides, errors
+
+
+def _describe(error: dict[str, Any]) -> str:
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    msg = msg[0].lower() + msg[1:]
+    msg = msg.replace("input should be", "expected").replace("value error, ", "")
+    if error["type"] not in ("missing",) and "input" in error and not isinstance(error["input"], (dict, list)):
+        msg += f", got {error['input']!r}"
+    return msg
+
+
+def _format_validation_error(origin: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join("validate" if p == "validate_" else str(p) for p in err["loc"])
+        lines.append(f"{origin}: {path or '<root>'}: {_describe(err)}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], value). The value is parsed as YAML so numbers, bools and lists get their type."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. prepare.num_videos=40")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
+    """Load params.yaml (missing file = all defaults), apply `--set` overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_PARAMS
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    origin = str(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        origin = f"{path} (with --set)"
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(origin, exc)) from None
+
+
+def params_hash(params: Params, sections: list[str] | None = None) -> str:
+    data = params.dump()
+    if sections:
+        data = {k: data[k] for k in sections}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_resolved(params: Params, sections: list[str], path: Path) -> None:
+    """The resolved config next to a stage's outputs (timm writes args.yaml the same way)."""
+    data = params.dump()
+    path.write_text(yaml.safe_dump({k: data[k] for k in sections}, sort_keys=False), encoding="utf-8")

@@ -1,0 +1,91 @@
+"""The dataset manifest: one Parquet table, one row per video, shared by every source and stage.
+
+Paths are relative to the data root, and the data root is stored in the file's metadata relative to the
+manifest's own folder when it lies inside it, so a prepared dataset can be moved or pulled elsewhere as a whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.errors import StgtError
+
+SCHEMA_VERSION = "1"
+MANIFEST_NAME = "manifest.parquet"
+SPLITS = ("train", "val", "test")
+
+QA_TYPE = pa.struct([("question", pa.string()), ("answer", pa.string()), ("type", pa.string())])
+SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("path", pa.string()),  # relative to the data root, POSIX separators
+        ("split", pa.string()),
+        ("captions", pa.list_(pa.string())),
+        ("qa", pa.list_(QA_TYPE)),
+        ("duration", pa.float64()),
+        ("fps", pa.float64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("codec", pa.string()),
+        ("sha256", pa.string()),
+        ("twin_id", pa.string()),  # the clip's time-reversed twin, when the corpus has one (temporal-order probe)
+    ]
+)
+COLUMNS = [f.name for f in SCHEMA]
+
+
+@dataclass
+class Manifest:
+    table: pd.DataFrame
+    data_root: Path  # absolute or relative to the current directory
+    source: str
+
+    def video_path(self, row: Any) -> Path:
+        return self.data_root / row["path"]
+
+
+def write_manifest(df: pd.DataFrame, out_dir: Path, data_root: Path, source: str, extra: dict | None = None) -> Path:
+    """Write `df` as out_dir/manifest.parquet. `data_root` is stored relative to out_dir when possible."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest is missing columns {missing}")
+    root = Path(os.path.relpath(Path(data_root).resolve(), Path(out_dir).resolve()))
+    if root.parts and root.parts[0] == "..":
+        root = Path(data_root).resolve()  # outside the dataset folder: keep absolute
+    table = pa.Table.from_pandas(df[COLUMNS].reset_index(drop=True), schema=SCHEMA, preserve_index=False)
+    meta = {
+        b"stgt.schema_version": SCHEMA_VERSION.encode(),
+        b"stgt.data_root": root.as_posix().encode(),
+        b"stgt.source": source.encode(),
+        b"stgt.extra": json.dumps(extra or {}, sort_keys=True).encode(),
+    }
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    path = Path(out_dir) / MANIFEST_NAME
+    pq.write_table(table, path)
+    return path
+
+
+def read_manifest(dataset_dir: str | Path) -> Manifest:
+    dataset_dir = Path(dataset_dir)
+    path = dataset_dir / MANIFEST_NAME if dataset_dir.is_dir() else dataset_dir
+    if not path.exists():
+        raise StgtError(f"{path}: manifest not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise StgtError(f"{path}: not a readable Parquet manifest ({exc})") from None
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"stgt.")}
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise StgtError(f"{path}: manifest lacks columns {missing}")
+    root = Path(meta.get("stgt.data_root", "."))
+    if not root.is_absolute():
+        root = path.parent / root
+    return Manifest(table=table.to_pandas(), data_root=root, source=meta.get("stgt.source", "unknown"))

@@ -1,0 +1,46 @@
+"""Run one registered stage: resolve config and paths, call the stage's `run`, write its metrics summary.
+
+The `stgt <stage>` CLI, dvc.yaml (through the CLI) and the Kubeflow components all go through `run_stage`.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from components import registry
+from components.atomic import write_json
+from components.config import load_params
+from components.errors import StgtError
+
+
+def resolve_paths(defaults: Mapping[str, str], given: Mapping[str, str | Path] | None) -> dict[str, Path]:
+    given = dict(given or {})
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise StgtError(f"unknown path name(s) {sorted(unknown)}; expected {sorted(defaults)}")
+    return {k: Path(given.get(k, v)) for k, v in defaults.items()}
+
+
+def run_stage(
+    name: str,
+    params_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    inputs: Mapping[str, str | Path] | None = None,
+    outputs: Mapping[str, str | Path] | None = None,
+    metrics_path: str | Path | None = None,
+) -> dict[str, Any]:
+    stage = registry.get(name)
+    params = load_params(params_path, overrides)
+    ins = resolve_paths(stage.inputs, inputs)
+    outs = resolve_paths(stage.outputs, outputs)
+    for key, path in ins.items():
+        if not path.exists():
+            producer = next((s.name for s in registry.STAGES if stage.inputs[key] in s.outputs.values()), None)
+            hint = f": run `stgt {producer}` first" if producer else ""
+            raise StgtError(f"{name}: input '{key}' not found at {path}{hint}")
+    started = time.perf_counter()
+    summary = stage.load().run(params, ins, outs)
+    summary = {"stage": name, "seconds": round(time.perf_counter() - started, 2), **summary}
+    write_json(metrics_path or stage.metrics, summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Video decoding, probing and frame sampling."""

@@ -1,0 +1,51 @@
+import subprocess
+import sys
+
+import pytest
+
+from components import registry
+from components.cli import build_parser, main
+
+
+def _option_actions(parser):
+    return [a for a in parser._actions if a.option_strings and a.dest != "help"]
+
+
+def test_every_stage_option_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(s.name for s in registry.STAGES) <= set(sub.choices)
+    for name, sp in sub.choices.items():
+        assert sp.description, name
+        for action in _option_actions(sp):
+            assert action.help and len(action.help) > 10, f"stgt {name} {action.option_strings}"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["prepare", "--help"], ["extract_frames", "--help"]])
+def test_help_exits_zero_and_describes(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: stgt" in out
+    if len(argv) > 1:
+        assert "--set KEY=VALUE" in out and "--params FILE" in out
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "components.cli", "prepare", "--params", str(tmp_path / "p.yaml"),
+         "--set", "prepare.num_videos=lots"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert "prepare.num_videos" in proc.stderr
+
+
+def test_missing_input_names_the_producer(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate"]) == 2
+    err = capsys.readouterr().err
+    assert "input 'dataset' not found at data/prepared" in err and "stgt prepare" in err
