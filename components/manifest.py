@@ -19,7 +19,7 @@ from components.errors import StgtError
 
 SCHEMA_VERSION = "1"
 MANIFEST_NAME = "manifest.parquet"
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "probe")  # probe: reversed twins of test clips (temporal-order probe only)
 
 QA_TYPE = pa.struct([("question", pa.string()), ("answer", pa.string()), ("type", pa.string())])
 SCHEMA = pa.schema(

@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Stage tests run without MLflow; tests/tracking turns it on against a real server.
+os.environ.setdefault("STGT_TRACKING", "off")
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""The folder source: a directory of videos plus a JSONL or CSV captions file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import prepare
+from components.config import Params
+from components.errors import StgtError
+from components.manifest import read_manifest
+from components.sources.synthetic import write_mp4
+
+
+@pytest.fixture(scope="module")
+def clip_bytes(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_mp4(path, (np.full((32, 48, 3), 10 * t, np.uint8) for t in range(6)), 48, 32, 6)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def root(tmp_path, clip_bytes) -> Path:
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.mp4", "b.mp4", "sub/c.mp4"):
+        (root / name).write_bytes(clip_bytes)
+    return root
+
+
+def prepare_folder(root: Path, captions: str, out: Path, **folder) -> pd.DataFrame:
+    params = Params.model_validate(
+        {"prepare": {"source": "folder", "folder": {"root": str(root), "captions": captions, **folder}}}
+    )
+    prepare.run(params, {}, {"dataset": out})
+    manifest = read_manifest(out)
+    assert manifest.data_root == root.resolve()
+    return manifest.table.set_index("video_id")
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+def test_jsonl_merges_captions_and_qa_and_defaults_the_split(root, tmp_path):
+    write_jsonl(root / "captions.jsonl", [
+        {"video": "a.mp4", "caption": "a dog runs", "split": "test"},
+        {"video": "a.mp4", "captions": ["a dog is running", "running dog"], "question": "what runs?", "answer": "dog"},
+        "",
+        {"video": "sub/c.mp4", "caption": "a cat", "question": "what animal?", "answer": "cat", "type": "object"},
+    ])
+    table = prepare_folder(root, "captions.jsonl", tmp_path / "out", default_split="val")
+    assert list(table.index) == ["a", "c"]
+    assert list(table.loc["a", "captions"]) == ["a dog runs", "a dog is running", "running dog"]
+    assert list(table.loc["a", "qa"]) == [{"question": "what runs?", "answer": "dog", "type": "other"}]
+    assert table.loc["a", "split"] == "test" and table.loc["c", "split"] == "val"
+    assert table.loc["c", "path"] == "sub/c.mp4" and table.loc["c", "qa"][0]["type"] == "object"
+    assert (table.loc["c", "width"], table.loc["c", "height"], table.loc["c", "codec"]) == (48, 32, "h264")
+    assert table.loc["c", "duration"] == pytest.approx(1.0) and len(table.loc["c", "sha256"]) == 64
+
+
+def test_csv_merges_rows_per_video_and_accepts_qa_only_rows(root, tmp_path):
+    (tmp_path / "caps.csv").write_text(
+        "video,caption,split,question,answer\n"
+        "a.mp4,a dog runs,train,,\n"
+        'a.mp4,"a dog, running",,what runs?,dog\n'
+        "b.mp4,,,how many dogs?,two\n"
+        "b.mp4,two dogs,,,\n",
+        encoding="utf-8",
+    )
+    table = prepare_folder(root, str(tmp_path / "caps.csv"), tmp_path / "out")  # captions path as given
+    assert list(table.loc["a", "captions"]) == ["a dog runs", "a dog, running"]
+    assert [q["answer"] for q in table.loc["a", "qa"]] == ["dog"]
+    assert list(table.loc["b", "captions"]) == ["two dogs"] and table.loc["b", "qa"][0]["type"] == "other"
+    assert set(table["split"]) == {"train"}
+
+
+def test_missing_and_unreadable_videos_are_kept_with_null_probe_fields(root, tmp_path):
+    (root / "broken.mp4").write_bytes(b"not a video")
+    write_jsonl(root / "c.jsonl", [
+        {"video": "gone/missing.mp4", "caption": "nothing here"},
+        {"video": "broken.mp4", "caption": "garbage"},
+    ])
+    table = prepare_folder(root, "c.jsonl", tmp_path / "out")
+    assert table.loc["missing", "path"] == "gone/missing.mp4"
+    assert pd.isna(table.loc["missing", "duration"]) and pd.isna(table.loc["missing", "sha256"])
+    assert pd.isna(table.loc["broken", "duration"]) and pd.isna(table.loc["broken", "width"])
+
+
+BAD_JSONL = [
+    ('{"video": "a.mp4", "caption": "x"', "invalid JSON"),
+    ('["a.mp4", "x"]', "expected a JSON object"),
+    ({"caption": "x"}, "field 'video'"),
+    ({"video": "a.mp4", "caption": "  "}, "field 'caption': missing or empty"),
+    ({"video": "a.mp4", "captions": ["ok", ""]}, "field 'captions': empty caption"),
+    ({"video": "a.mp4"}, "field 'caption'"),
+    ({"video": "a.mp4", "caption": "x", "split": "dev"}, "field 'split': unknown split 'dev'"),
+    ({"video": "a.mp4", "caption": "x", "question": "what?"}, "field 'answer': question without answer"),
+    ({"video": "a.mp4", "caption": "x", "answer": "yes"}, "field 'question': answer without question"),
+    ({"video": "a.mp4", "caption": "x", "captoin": "y"}, "unknown field(s) captoin"),
+    ({"video": "/abs/a.mp4", "caption": "x"}, "field 'video'"),
+    ({"video": "b.mp4", "caption": "x", "split": "test"}, "field 'split'"),  # contradicts line 1
+    ({"video": "sub/a.mp4", "caption": "x"}, "collides with a.mp4 (line 1)"),
+    ({"video": "c.mp4", "question": "what?", "answer": "this"}, "c.mp4 has questions but no caption"),
+]
+
+
+def test_jsonl_that_is_not_utf8_names_the_line(root, tmp_path):
+    (root / "caps.jsonl").write_bytes(b'{"video": "a.mp4", "caption": "ok"}\n{"video": "b.mp4", "caption": "caf\xe9"}\n')
+    with pytest.raises(StgtError, match=r"caps\.jsonl:2: not UTF-8"):
+        prepare_folder(root, "caps.jsonl", tmp_path / "out")
+
+
+@pytest.mark.parametrize("bad, message", BAD_JSONL)
+def test_malformed_jsonl_names_file_line_and_field(root, tmp_path, bad, message):
+    write_jsonl(root / "caps.jsonl", [{"video": "a.mp4", "caption": "fine"}, {"video": "b.mp4", "caption": "ok", "split": "val"}, bad])
+    with pytest.raises(StgtError) as err:
+        prepare_folder(root, "caps.jsonl", tmp_path / "out")
+    assert "caps.jsonl:3: " in str(err.value) and message in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+BAD_CSV = [
+    ("video,text\na.mp4,x\n", "caps.csv:1: wrong CSV header: expected columns video, caption", "found video, text"),
+    ("video,caption,extra\na.mp4,x,y\n", "caps.csv:1: wrong CSV header", "found video, caption, extra"),
+    ("video,caption\na.mp4,fine\n,x\n", "caps.csv:3: field 'video'", ""),
+    ("video,caption\na.mp4,fine\nb.mp4,\n", "caps.csv:3: field 'caption': missing or empty", ""),
+    ("video,caption,split\na.mp4,fine,\nb.mp4,x,dev\n", "caps.csv:3: field 'split': unknown split 'dev'", ""),
+    ("video,caption,question,answer\na.mp4,fine,,\nb.mp4,x,why?,\n", "caps.csv:3: field 'answer'", "question without answer"),
+    ("video,caption\na.mp4,fine\nb.mp4,x,extra\n", "caps.csv:3: expected 2 columns", ""),
+    ("video,caption\na.mp4,fine\nb.mp4,caf\xe9\n".encode("latin-1"), "caps.csv:3: not UTF-8", ""),
+]
+
+
+@pytest.mark.parametrize("text, message, detail", BAD_CSV)
+def test_malformed_csv_names_file_line_and_field(root, tmp_path, text, message, detail):
+    if isinstance(text, str):
+        text = text.encode("utf-8")
+    (root / "caps.csv").write_bytes(text)
+    with pytest.raises(StgtError) as err:
+        prepare_folder(root, "caps.csv", tmp_path / "out")
+    assert message in str(err.value) and detail in str(err.value)
+
+
+def test_a_missing_captions_file_or_root_is_a_readable_error(root, tmp_path):
+    with pytest.raises(StgtError, match="nope.jsonl not found"):
+        prepare_folder(root, "nope.jsonl", tmp_path / "out")
+    with pytest.raises(StgtError, match="not a directory"):
+        prepare_folder(tmp_path / "absent", "c.jsonl", tmp_path / "out")
+    (root / "empty.csv").write_text("video,caption\n", encoding="utf-8")
+    with pytest.raises(StgtError, match="empty.csv: lists no videos"):
+        prepare_folder(root, "empty.csv", tmp_path / "out")
+    (root / "caps.txt").write_text("video\n", encoding="utf-8")
+    with pytest.raises(StgtError, match=r"\.jsonl or \.csv"):
+        prepare_folder(root, "caps.txt", tmp_path / "out")
