@@ -1,9 +1,16 @@
-"""Read a video's container facts (duration, fps, size, codec, rotation) without decoding it all."""
+"""Read a video's container facts (duration, fps, size, codec, rotation) without decoding it all.
+
+Also the two choices every reader must share so the manifest and the frames describe the same pictures:
+which video stream of a file is "the" video (`select_video_stream`) and how it is rotated for display
+(`display_rotation`).
+"""
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import av
 
 
 @dataclass(frozen=True)
@@ -14,7 +21,7 @@ class VideoInfo:
     height: int
     codec: str
     num_frames: int  # as the container claims; 0 when unknown
-    rotation: int  # degrees clockwise from the display matrix, 0/90/180/270
+    rotation: int  # degrees clockwise to turn the stored picture for display: 0/90/180/270
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -25,13 +32,9 @@ class ProbeError(Exception):
 
 
 def probe(path: str | Path) -> VideoInfo:
-    import av
-
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ProbeError("no video stream")
-            stream = container.streams.video[0]
+            stream = select_video_stream(container)
             ctx = stream.codec_context
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
@@ -42,7 +45,6 @@ def probe(path: str | Path) -> VideoInfo:
             else:
                 duration = 0.0
             frames = int(stream.frames or 0) or (int(round(duration * fps)) if duration and fps else 0)
-            rotation = _rotation(stream)
             return VideoInfo(
                 duration=round(duration, 4),
                 fps=round(fps, 4),
@@ -50,30 +52,50 @@ def probe(path: str | Path) -> VideoInfo:
                 height=int(ctx.height),
                 codec=str(ctx.name),
                 num_frames=frames,
-                rotation=rotation,
+                rotation=display_rotation(container, stream),
             )
     except ProbeError:
         raise
     except Exception as exc:  # PyAV raises many error types for broken files
-        raise ProbeError(f"{type(exc).__name__}: {exc}") from None
+        raise ProbeError(f"{path}: {type(exc).__name__}: {exc}") from None
 
 
-def _rotation(stream) -> int:
-    # PyAV >= 14 exposes the display-matrix rotation on the frame side data; the stream metadata is the cheap place.
-    for source in (getattr(stream, "metadata", {}) or {},):
-        value = source.get("rotate")
-        if value:
-            return int(value) % 360
+def video_streams(container: av.container.InputContainer) -> list[av.VideoStream]:
+    """The file's real video streams: cover art (an attached picture) is stored as a video stream but is not one."""
+    return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+
+
+def select_video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    """The video stream every reader uses: the largest picture (width x height), ties to the lowest index.
+
+    Explicit because readers disagree: decord (FFmpeg 4.1's av_find_best_stream) and PyAV's `streams.video[0]`
+    pick different streams of a two-stream file. Largest-picture is what the `ffmpeg` CLI maps by default.
+    """
+    streams = video_streams(container)
+    if not streams:
+        raise ProbeError(f"{container.name}: no video stream")
+    return max(streams, key=lambda s: (s.codec_context.width * s.codec_context.height, -s.index))
+
+
+def display_rotation(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    """Clockwise degrees (0/90/180/270) from the display matrix; reads the container forward (no seek back).
+
+    PyAV 18 exposes the matrix only on decoded frames (`VideoFrame.rotation`), not on the stream, so this decodes
+    the first frame. A file whose first frame does not decode counts as unrotated; the decoder reports the damage.
+    """
     try:
-        matrix = stream.side_data.get("DISPLAYMATRIX") if hasattr(stream, "side_data") else None
-    except Exception:
-        matrix = None
-    if matrix is not None:
-        try:
-            return int(round(-float(matrix))) % 360
-        except (TypeError, ValueError):
-            return 0
-    return 0
+        frame = next(container.decode(stream), None)
+    except av.FFmpegError:
+        return 0
+    return frame_rotation(frame) if frame is not None else 0
+
+
+def frame_rotation(frame: av.VideoFrame) -> int:
+    """Clockwise display rotation of one decoded frame, snapped to a multiple of 90 degrees.
+
+    `VideoFrame.rotation` is FFmpeg's av_display_rotation_get: counter-clockwise degrees, so negate it.
+    """
+    return (-int(round(frame.rotation / 90.0)) * 90) % 360
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
