@@ -31,8 +31,41 @@ class FolderSource(Section):
     default_split: Literal["train", "val", "test"] = "train"
 
 
+SplitName = Literal["train", "val", "test"]
+# Benchmark sources live in components/sources/benchmarks; "synthetic" and "folder" stay last so error messages
+# end with the two everyday choices.
+BENCHMARK_SOURCES = ("msrvtt", "msvd", "didemo", "lsmdc", "activitynet", "webvid", "msrvtt_qa", "msvd_qa", "activitynet_qa")
+SourceName = Literal[BENCHMARK_SOURCES + ("synthetic", "folder")]
+
+
+class BenchmarkSplit(Section):
+    annotations: list[str] = Field([], description="annotation files in the benchmark's published format (captions or QA)")
+    ids: list[str] = Field([], description="split id lists (.txt, one id a line, or a one-column `video_id` CSV): "
+                                           "restrict the annotations to these ids, or with captions_db define the split")
+
+
+class BenchmarkSource(Section):
+    """A standard benchmark read from its published annotation files (components/sources/benchmarks)."""
+
+    root: str | None = Field(None, description="the videos: a local directory, searched recursively (s3:// roots are "
+                                                "listed but refused until the manifest stores URL roots)")
+    annotations_dir: str | None = Field(None, description="relative annotation paths are resolved against it")
+    splits: dict[SplitName, BenchmarkSplit] = {}
+    captions_db: str | None = Field(None, description="captions for splits given only as id lists "
+                                                      "(MSRVTT_data.json, MSVD AllVideoDescriptions.txt or raw-captions.pkl)")
+    captions: Literal["all", "first"] = Field("all", description="keep every caption of a video, or its first only")
+    extensions: list[str] = Field([], description="video file extensions to try, overriding the benchmark's own")
+    max_missing_share: float = Field(0.05, ge=0.0, le=1.0, description="fail when more videos than this are missing")
+    expected_videos: dict[SplitName, int] = Field({}, description="videos each split's full annotation files hold")
+    min_captions_per_video: int = Field(1, ge=0, description="the quality suite fails a split with a video below this")
+    answer_vocab_size: int = Field(1500, ge=1, description="QA: answer vocabulary = the top-k training answers")
+    answer_vocab: str | None = Field(None, description="QA: a fixed answer list (JSON list or ans2label map) instead")
+    video_id_map: str | None = Field(None, description="MSVD-QA: youtube_mapping.txt turning vidN into clip names")
+
+
 class PrepareConfig(Section):
-    source: Literal["synthetic", "folder"] = "synthetic"
+    source: SourceName = "synthetic"
+    preset: str | None = Field(None, description="a named recipe from components/presets (e.g. msrvtt_1ka)")
     seed: int = 0
     num_videos: int = Field(120, ge=3, description="synthetic: clips to generate (train clips also get a time-reversed twin)")
     frames_per_video: int = Field(24, ge=4, le=600)
@@ -43,6 +76,7 @@ class PrepareConfig(Section):
     test_share: float = Field(0.2, gt=0.0, lt=1.0)
     reversed_twins: bool = Field(True, description="add each train clip's time-reversed twin with its own caption")
     folder: FolderSource = FolderSource()
+    benchmark: BenchmarkSource = BenchmarkSource()
 
     @model_validator(mode="after")
     def _shares(self) -> "PrepareConfig":
@@ -50,6 +84,9 @@ class PrepareConfig(Section):
             raise ValueError("val_share + test_share must be below 1 (something must be left for train)")
         if self.source == "folder" and (not self.folder.root or not self.folder.captions):
             raise ValueError("source 'folder' needs prepare.folder.root and prepare.folder.captions")
+        if self.source in BENCHMARK_SOURCES and not (self.benchmark.root and self.benchmark.splits):
+            raise ValueError(f"source {self.source!r} needs prepare.benchmark.root and prepare.benchmark.splits "
+                             "(a prepare.preset names the splits)")
         return self
 
 
@@ -167,9 +204,18 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     origin = str(path)
+    file_raw = raw
     if overrides:
         raw = apply_overrides(raw, overrides)
         origin = f"{path} (with --set)"
+    preset = raw.get("prepare", {}).get("preset") if isinstance(raw.get("prepare"), dict) else None
+    if preset:
+        # Precedence: params.yaml < preset < --set. The shipped params.yaml spells out every key (source: synthetic
+        # included), so a preset merged under it would never take effect.
+        from components.presets import load_preset, merge
+
+        raw = apply_overrides(merge(file_raw, load_preset(preset)), overrides or [])
+        origin = f"{origin} with preset {preset}"
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

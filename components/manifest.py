@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -51,25 +51,59 @@ class Manifest:
         return self.data_root / row["path"]
 
 
+class ManifestWriter:
+    """Write the manifest in Parquet row groups, so web-scale corpora (WebVid-10M) never sit in memory at once."""
+
+    def __init__(self, out_dir: Path, data_root: Path, source: str, extra: dict | None = None,
+                 batch_rows: int = 10_000):
+        root = Path(os.path.relpath(Path(data_root).resolve(), Path(out_dir).resolve()))
+        if root.parts and root.parts[0] == "..":
+            root = Path(data_root).resolve()  # outside the dataset folder: keep absolute
+        meta = {
+            b"stgt.schema_version": SCHEMA_VERSION.encode(),
+            b"stgt.data_root": root.as_posix().encode(),
+            b"stgt.source": source.encode(),
+            b"stgt.extra": json.dumps(extra or {}, sort_keys=True).encode(),
+        }
+        self.path = Path(out_dir) / MANIFEST_NAME
+        self.schema = SCHEMA.with_metadata(meta)
+        self.batch_rows = batch_rows
+        self.rows: list[dict[str, Any]] = []
+        self.written = 0
+        self._writer = pq.ParquetWriter(self.path, self.schema)
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            frame = pd.DataFrame(self.rows, columns=COLUMNS)
+            self._writer.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
+            self.written += len(self.rows)
+            self.rows = []
+
+    def close(self) -> Path:
+        self.flush()
+        self._writer.close()
+        return self.path
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_manifest(df: pd.DataFrame, out_dir: Path, data_root: Path, source: str, extra: dict | None = None) -> Path:
     """Write `df` as out_dir/manifest.parquet. `data_root` is stored relative to out_dir when possible."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"manifest is missing columns {missing}")
-    root = Path(os.path.relpath(Path(data_root).resolve(), Path(out_dir).resolve()))
-    if root.parts and root.parts[0] == "..":
-        root = Path(data_root).resolve()  # outside the dataset folder: keep absolute
-    table = pa.Table.from_pandas(df[COLUMNS].reset_index(drop=True), schema=SCHEMA, preserve_index=False)
-    meta = {
-        b"stgt.schema_version": SCHEMA_VERSION.encode(),
-        b"stgt.data_root": root.as_posix().encode(),
-        b"stgt.source": source.encode(),
-        b"stgt.extra": json.dumps(extra or {}, sort_keys=True).encode(),
-    }
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    path = Path(out_dir) / MANIFEST_NAME
-    pq.write_table(table, path)
-    return path
+    with ManifestWriter(out_dir, data_root, source, extra) as writer:
+        writer.add(df[COLUMNS].to_dict("records"))
+    return writer.path
 
 
 def read_manifest(dataset_dir: str | Path) -> Manifest:

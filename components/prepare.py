@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from tqdm import tqdm
 
 from components import sources
 from components.atomic import atomic_dir
 from components.config import Params, write_resolved
-from components.manifest import COLUMNS, write_manifest
+from components.manifest import ManifestWriter
 
 RESOLVED_CONFIG = "config.resolved.yaml"
 
@@ -26,24 +26,34 @@ RESOLVED_CONFIG = "config.resolved.yaml"
 def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     cfg = params.prepare
     started = time.perf_counter()
+    counts = Counts()
     with atomic_dir(outputs["dataset"]) as tmp:
         plan = sources.get(cfg.source)(cfg, tmp)
-        rows: list[sources.Row] = []
-        for clip_rows in tqdm(plan.clips, total=plan.total, desc=f"prepare ({cfg.source})", unit="clip", file=sys.stderr):
-            rows.extend(clip_rows)
-        table = pd.DataFrame(rows, columns=COLUMNS)
-        write_manifest(table, tmp, plan.data_root, cfg.source)
+        with ManifestWriter(tmp, plan.data_root, cfg.source) as writer:
+            for clip_rows in tqdm(plan.clips, total=plan.total, desc=f"prepare ({cfg.source})", unit="clip",
+                                  file=sys.stderr):
+                writer.add(clip_rows)
+                counts.add(clip_rows)
         write_resolved(params, ["prepare"], tmp / RESOLVED_CONFIG)
-    return {**summarize(table, cfg.source, time.perf_counter() - started), **plan.report}
+    return {"source": cfg.source, **counts.summary(), "seconds": round(time.perf_counter() - started, 2),
+            **plan.report}
 
 
-def summarize(table: pd.DataFrame, source: str, seconds: float) -> dict[str, Any]:
-    return {
-        "source": source,
-        "videos": len(table),
-        "splits": {str(k): int(v) for k, v in table["split"].value_counts().sort_index().items()},
-        "captions": int(table["captions"].map(len).sum()),
-        "qa_pairs": int(table["qa"].map(len).sum()),
-        "twins": int(table["twin_id"].notna().sum()) // 2,  # pairs
-        "seconds": round(seconds, 2),
-    }
+class Counts:
+    """The stage summary, counted while rows stream past (a corpus may not fit in memory)."""
+
+    def __init__(self) -> None:
+        self.videos = self.captions = self.qa_pairs = self.twinned = 0
+        self.splits: Counter[str] = Counter()
+
+    def add(self, rows: list[sources.Row]) -> None:
+        for row in rows:
+            self.videos += 1
+            self.splits[str(row["split"])] += 1
+            self.captions += len(row["captions"] or [])
+            self.qa_pairs += len(row["qa"] or [])
+            self.twinned += row.get("twin_id") is not None
+
+    def summary(self) -> dict[str, Any]:
+        return {"videos": self.videos, "splits": dict(sorted(self.splits.items())), "captions": self.captions,
+                "qa_pairs": self.qa_pairs, "twins": self.twinned // 2}  # twins counted as pairs

@@ -27,8 +27,9 @@ def manifest_checks(manifest: Manifest) -> pd.DataFrame:
         "video_id": df["video_id"],
         "path": df["path"],
         "split": df["split"],
-        "num_captions": captions.map(len),
-        "shortest_caption_chars": captions.map(lambda c: min((len(s.strip()) for s in c), default=0)),
+        # A QA-only benchmark (MSVD-QA) has questions instead of captions: every video needs some text.
+        "num_texts": captions.map(len) + df["qa"].map(lambda q: 0 if q is None else len(q)),
+        "shortest_caption_chars": captions.map(lambda c: min((len(s.strip()) for s in c), default=None)),
         "file_exists": df["path"].map(lambda p: (manifest.data_root / p).is_file()),
         "splits_sharing_content": df["sha256"].map(splits_per_content).fillna(1).astype(int),
         "duration": df["duration"],

@@ -71,7 +71,7 @@ def test_broken_manifest_fails_naming_video_and_keeps_old_output(tmp_path, datas
     msg = str(exc.value)
     assert "expect_column_values_to_be_unique(video_id)" in msg
     assert "expect_column_values_to_be_in_set(file_exists): 2 of 4 rows fail, e.g. c, d" in msg
-    assert "num_captions" in msg and "split" in msg and "splits_sharing_content" in msg
+    assert "num_texts" in msg and "split" in msg and "splits_sharing_content" in msg
     assert (tmp_path / "reports" / "validate.failed" / "report.html").exists()
     # The previous successful output is untouched (a failed stage never leaves half-written outputs).
     assert json.loads((tmp_path / "reports" / "validate" / "result.json").read_text())["success"]
