@@ -1,0 +1,330 @@
+"""Evaluation metrics: video-text retrieval, video QA accuracy and the temporal-order probe (pure numpy/torch).
+
+Retrieval (metrics-reference.md §2, stgt-reference.md §4.2). `sim_t2v` is [num_texts x num_videos] and
+`text_to_video[t]` is the video of text t; a video may have several captions, and v2t treats all of them as its
+ground truths. Ranks are 0-based; R@k is a percentage, MdR/MnR are 1-based. Three conventions:
+
+- "tie_aware" (§2.6, the default): rank = #candidates strictly better + #tied others / 2, the minimum over a
+  query's ground truths; MdR = np.median(rank) + 1, MnR = mean(rank) + 1.
+- "clip4clip" (§2.1): CLIP4Clip's `compute_metrics` when every video has exactly one caption, else its
+  multi-sentence path (-inf padded [V, C_max, V] tensor; t2v by double argsort, v2t by max over caption groups).
+- "albef" (§2.2): ALBEF/LAVIS `itm_eval`: position in `np.argsort(row)[::-1]`, minimum over a video's captions,
+  MdR (STGT's fork) on t2v only, no MnR. Tie order is np.argsort's and therefore platform dependent: with NumPy
+  2.4.6 on an AVX2 CPU even 4-long rows are not sorted stably; only rows of <= 3 candidates are predictable.
+
+Accuracies and shares are percentages too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Convention = Literal["tie_aware", "clip4clip", "albef"]
+CONVENTIONS: tuple[str, ...] = ("tie_aware", "clip4clip", "albef")
+RECALL_KS: tuple[int, ...] = (1, 5, 10)
+RERANK_FILL_VALUE = -100.0  # official: cells outside the ITM top-k (stgt-reference §4.2)
+
+ArrayLike = np.ndarray | Tensor | Sequence
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _as_scores(x: ArrayLike) -> np.ndarray:
+    """Float scores in their own dtype: the compat paths must sort the same float32 values the reference sorts."""
+    scores = _to_numpy(x)
+    return scores if np.issubdtype(scores.dtype, np.floating) else scores.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retrieval: entry point
+
+
+def retrieval_metrics(
+    sim_t2v: ArrayLike,
+    text_to_video: ArrayLike,
+    compat: Convention = "tie_aware",
+    sim_v2t: ArrayLike | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{"t2v": {...}, "v2t": {...}}, each with R@1, R@5, R@10, MdR, MnR (None where the convention has none),
+    num_queries and ranks (0-based, one per query: texts in input order for t2v, videos for v2t).
+
+    `sim_v2t` [num_videos x num_texts] defaults to sim_t2v.T; pass it when the two directions are scored
+    separately, as in STGT's re-ranking where each direction takes its own top-k (§4.2).
+    """
+    if compat not in CONVENTIONS:
+        raise ValueError(f"compat must be one of {CONVENTIONS}, got {compat!r}")
+    sim = _as_scores(sim_t2v)
+    video_of_text = _check_text_to_video(text_to_video, sim.shape)
+    sim_vt = sim.T if sim_v2t is None else _as_scores(sim_v2t)
+    if sim_vt.shape != sim.shape[::-1]:
+        raise ValueError(f"sim_v2t has shape {sim_vt.shape}, expected {sim.shape[::-1]}")
+    texts_of_video = _video_to_texts(video_of_text, sim.shape[1])
+    if compat == "tie_aware":
+        return _tie_aware_metrics(sim, sim_vt, video_of_text, texts_of_video)
+    if compat == "albef":
+        return _albef_metrics(sim, sim_vt, video_of_text, texts_of_video)
+    return _clip4clip_metrics(sim, sim_vt, video_of_text, texts_of_video)
+
+
+def _check_text_to_video(text_to_video: ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
+    video_of_text = _to_numpy(text_to_video).astype(np.int64)
+    if len(shape) != 2 or video_of_text.shape != (shape[0],):
+        raise ValueError(f"sim_t2v must be [num_texts x num_videos] with one text_to_video entry per row; "
+                         f"got sim {shape} and text_to_video {video_of_text.shape}")
+    if video_of_text.size and (video_of_text.min() < 0 or video_of_text.max() >= shape[1]):
+        raise ValueError(f"text_to_video must index the {shape[1]} video columns")
+    return video_of_text
+
+
+def _video_to_texts(video_of_text: np.ndarray, num_videos: int) -> list[np.ndarray]:
+    """Each video's texts in input order. Every video needs one: it is a v2t query with no answer otherwise."""
+    texts_of_video = [np.flatnonzero(video_of_text == v) for v in range(num_videos)]
+    missing = [v for v, texts in enumerate(texts_of_video) if not len(texts)]
+    if missing:
+        raise ValueError(f"videos without any caption: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    return texts_of_video
+
+
+def _recalls(ranks: np.ndarray) -> dict[str, float]:
+    return {f"R@{k}": 100.0 * float(np.sum(ranks < k)) / len(ranks) for k in RECALL_KS}
+
+
+def _summary(ranks: np.ndarray, median_rank: float | None, mean_rank: float | None) -> dict[str, Any]:
+    return {**_recalls(ranks), "MdR": median_rank, "MnR": mean_rank, "num_queries": len(ranks), "ranks": ranks}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retrieval: tie-aware (metrics-reference §2.6)
+
+
+def _tie_aware_ranks(sim: np.ndarray, ground_truths: Sequence[np.ndarray]) -> np.ndarray:
+    """Expected position under random tie-breaking, minimum over the query's ground truths (row q of `sim`)."""
+    if np.isnan(sim).any():
+        raise ValueError("similarities contain NaN: a NaN ground truth has no rank")
+    sorted_rows = np.sort(sim, axis=1)  # ascending; binary search then counts better and tied candidates
+    ranks = np.empty(len(ground_truths))
+    for query, candidates in enumerate(ground_truths):
+        gt_scores = sim[query, candidates]
+        below = np.searchsorted(sorted_rows[query], gt_scores, side="left")
+        not_above = np.searchsorted(sorted_rows[query], gt_scores, side="right")
+        better = sim.shape[1] - not_above
+        tied_others = not_above - below - 1
+        ranks[query] = np.min(better + tied_others / 2)
+    return ranks
+
+
+def _tie_aware_summary(ranks: np.ndarray) -> dict[str, Any]:
+    return _summary(ranks, float(np.median(ranks)) + 1, float(np.mean(ranks)) + 1)
+
+
+def _tie_aware_metrics(
+    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    t2v = _tie_aware_ranks(sim, video_of_text[:, None])
+    v2t = _tie_aware_ranks(sim_vt, texts_of_video)
+    return {"t2v": _tie_aware_summary(t2v), "v2t": _tie_aware_summary(v2t)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retrieval: ALBEF / LAVIS itm_eval (metrics-reference §2.2)
+
+
+def _albef_ranks(sim: np.ndarray, ground_truths: Sequence[np.ndarray]) -> np.ndarray:
+    """Position in np.argsort(row)[::-1] (default kind, as itm_eval), minimum over the query's ground truths."""
+    order = np.argsort(sim, axis=1)[:, ::-1]  # row-wise identical to itm_eval's per-row np.argsort(score)[::-1]
+    is_truth = np.zeros(sim.shape, dtype=bool)
+    is_truth[np.repeat(np.arange(len(sim)), [len(c) for c in ground_truths]), np.concatenate(ground_truths)] = True
+    # the first ground truth met in that order holds the minimum position
+    return np.take_along_axis(is_truth, order, axis=1).argmax(axis=1).astype(np.float64)
+
+
+def _albef_metrics(
+    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    # itm_eval's img_r* is text->video and txt_r* video->text; only STGT's fork adds a (t2v) MedianR, nobody MnR.
+    t2v = _albef_ranks(sim, video_of_text[:, None])
+    v2t = _albef_ranks(sim_vt, texts_of_video)
+    return {"t2v": _summary(t2v, float(np.median(t2v)) + 1, None), "v2t": _summary(v2t, None, None)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retrieval: CLIP4Clip metrics.py (metrics-reference §2.1)
+
+
+def _clip4clip_square(x: np.ndarray) -> dict[str, Any]:
+    """`compute_metrics` on a square matrix whose diagonal is the ground truth. Every tied position of a row's
+    ground truth goes into `ind` and grows the denominator. The per-query rank returned is the mean of the row's
+    positions in `ind` (NaN for a row with none, i.e. an inf/NaN ground truth, which the reference skips)."""
+    sorted_rows = np.sort(-x, axis=1)
+    rows, ind = np.where(sorted_rows - np.diag(-x)[:, None] == 0)
+    metrics = {f"R@{k}": float(np.sum(ind < k)) * 100 / len(ind) for k in RECALL_KS}
+    counts = np.bincount(rows, minlength=len(x))
+    ranks = np.full(len(x), np.nan)
+    np.divide(np.bincount(rows, weights=ind, minlength=len(x)), counts, out=ranks, where=counts > 0)
+    return {**metrics, "MdR": float(np.median(ind)) + 1, "MnR": float(np.mean(ind)) + 1,
+            "num_queries": len(x), "ranks": ranks}
+
+
+def _clip4clip_grouped(sim_t2v: np.ndarray, texts_of_video: list[np.ndarray]) -> np.ndarray:
+    """[V, C_max, V]: each video's caption rows, padded to C_max with -inf rows (the cut_off_points reshape).
+    The reference pads with a default-dtype np.full, so the tensor it sorts is float64 whatever the input."""
+    c_max = max(len(texts) for texts in texts_of_video)
+    padding = np.full((c_max, sim_t2v.shape[1]), -np.inf)
+    return np.stack([np.concatenate((sim_t2v[texts], padding[len(texts):])) for texts in texts_of_video])
+
+
+def _clip4clip_multi_t2v(grouped: np.ndarray, video_of_text: np.ndarray, slot_of_text: np.ndarray) -> dict[str, Any]:
+    """`tensor_text_to_video_metrics`: torch.argsort order for ties, captions with an inf/NaN own score (the
+    padding) dropped, R@k in float32 as the reference's tensor division gives, MedianR by torch.median (lower
+    middle of an even count)."""
+    sim = torch.from_numpy(grouped)
+    first = torch.argsort(sim.permute(1, 0, 2), dim=-1, descending=True)
+    second = torch.argsort(first, dim=-1, descending=False)  # [C_max, V, V]: rank of each video per caption
+    own_scores = torch.flatten(torch.diagonal(sim, dim1=0, dim2=2))
+    valid = torch.flatten(torch.diagonal(second, dim1=1, dim2=2))[~(own_scores.isinf() | own_scores.isnan())]
+    metrics = {f"R@{k}": float(torch.sum(valid < k) * 100 / len(valid)) for k in RECALL_KS}
+    ranks = second[slot_of_text, video_of_text, video_of_text].numpy().astype(np.float64)
+    ranks[~np.isfinite(grouped[video_of_text, slot_of_text, video_of_text])] = np.nan  # dropped, as above
+    return {**metrics, "MdR": float(torch.median(valid + 1)), "MnR": float(np.mean(valid.numpy() + 1)),
+            "num_queries": len(ranks), "ranks": ranks}
+
+
+def _clip4clip_group_max(grouped: np.ndarray) -> np.ndarray:
+    """`tensor_video_to_text_sim`: NaN -> -inf, max over each video's captions -> [V (query) x V (group)]."""
+    grouped = np.where(np.isnan(grouped), -np.inf, grouped)
+    return grouped.max(axis=1).T
+
+
+def _slot_of_text(texts_of_video: list[np.ndarray], num_texts: int) -> np.ndarray:
+    slots = np.empty(num_texts, dtype=np.int64)
+    for texts in texts_of_video:
+        slots[texts] = np.arange(len(texts))
+    return slots
+
+
+def _clip4clip_metrics(
+    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    if all(len(texts) == 1 for texts in texts_of_video):
+        # Square path: reorder so that the ground truth is the diagonal (sorting per row makes column order moot).
+        text_of_video = np.concatenate(texts_of_video)
+        t2v = _clip4clip_square(sim[text_of_video])
+        v2t = _clip4clip_square(sim_vt[:, text_of_video])
+        t2v["ranks"] = t2v["ranks"][np.argsort(text_of_video)]  # back to the caller's text order
+        return {"t2v": t2v, "v2t": v2t}
+    slot_of_text = _slot_of_text(texts_of_video, len(video_of_text))
+    t2v = _clip4clip_multi_t2v(_clip4clip_grouped(sim, texts_of_video), video_of_text, slot_of_text)
+    v2t = _clip4clip_square(_clip4clip_group_max(_clip4clip_grouped(sim_vt.T, texts_of_video)))
+    return {"t2v": t2v, "v2t": v2t}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Score post-processing: dual softmax (§2.4) and STGT's ITM re-ranking (stgt-reference §4.2)
+
+
+def dual_softmax(sim: ArrayLike, temperature: float = 1.0) -> np.ndarray:
+    """S * softmax(S / temperature) over the QUERY axis (axis 0), for each candidate column (TS2-Net/InternVideo1
+    inference DSL: a prior that each candidate matches few queries). Off by default; it needs the whole query set
+    at once, so evaluate reports it next to the plain numbers, never instead of them. Returns float64."""
+    scores = torch.as_tensor(_as_scores(sim), dtype=torch.float64)
+    return (scores * torch.softmax(scores / temperature, dim=0)).numpy()
+
+
+def rerank_topk(
+    coarse_sim: ArrayLike,
+    itm_scores_fn: Callable[[int, np.ndarray], ArrayLike],
+    k: int,
+    fill: float = RERANK_FILL_VALUE,
+) -> np.ndarray:
+    """STGT's protocol for one direction: per query row, the top-k candidates by the coarse ITC score are scored
+    by the matching head, itm_scores_fn(query_index, candidate_indices) -> match probabilities; those cells become
+    p_ITM + s and every other cell `fill`. k is capped at the number of candidates (tiny test sets)."""
+    sims = torch.as_tensor(_as_scores(coarse_sim))
+    scores = torch.full_like(sims, fill)
+    for query, row in enumerate(sims):
+        top_sim, top_idx = row.topk(k=min(k, len(row)))  # torch.topk as the official compute_sim_matrix
+        p_match = torch.as_tensor(_to_numpy(itm_scores_fn(query, top_idx.numpy())), dtype=sims.dtype)
+        scores[query, top_idx] = p_match + top_sim
+    return scores.numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video QA accuracy (metrics-reference §2.7, stgt-reference §4.3)
+
+
+def majority_answer(train_answers: Iterable[str]) -> str:
+    """The most frequent training answer; ties broken alphabetically, as AnswerVocab.build ranks answers."""
+    counts = Counter(train_answers)
+    if not counts:
+        raise ValueError("no training answers")
+    return min(counts, key=lambda answer: (-counts[answer], answer))
+
+
+def _percent(hits: np.ndarray) -> float:
+    return 100.0 * float(np.mean(hits))
+
+
+def qa_metrics(
+    predictions: Sequence[str | None],
+    answers: Sequence[str],
+    question_types: Sequence[str],
+    vocab: Collection[str],
+    train_answers: Iterable[str],
+) -> dict[str, Any]:
+    """Exact-match accuracy over ALL questions. A ground truth outside `vocab` counts wrong even if a generative
+    model produced that string (ClipBERT/ALPRO; dropping them inflates accuracy, §2.7). The majority baseline
+    always answers the most frequent training answer, under the same rule.
+
+    Keys: accuracy, majority_answer, majority_accuracy, num_questions, num_oov, oov_share and
+    per_type {type: {accuracy, majority_accuracy, count, share}}.
+    """
+    if not (len(predictions) == len(answers) == len(question_types)) or not len(answers):
+        raise ValueError(f"need as many predictions ({len(predictions)}) and question types "
+                         f"({len(question_types)}) as answers ({len(answers)}), and at least one")
+    majority = majority_answer(train_answers)
+    gold = np.array(answers, dtype=object)
+    in_vocab = np.array([answer in vocab for answer in answers])
+    correct = (np.array(predictions, dtype=object) == gold) & in_vocab
+    majority_correct = (gold == majority) & in_vocab
+    types = np.array(question_types, dtype=object)
+    per_type = {}
+    for kind in sorted(set(question_types)):
+        of_kind = types == kind
+        per_type[kind] = {"accuracy": _percent(correct[of_kind]),
+                          "majority_accuracy": _percent(majority_correct[of_kind]),
+                          "count": int(np.sum(of_kind)), "share": _percent(of_kind)}
+    return {"accuracy": _percent(correct), "majority_answer": majority,
+            "majority_accuracy": _percent(majority_correct), "num_questions": len(answers),
+            "num_oov": int(np.sum(~in_vocab)), "oov_share": _percent(~in_vocab), "per_type": per_type}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Temporal-order probe (clip vs its time-reversed twin)
+
+
+def temporal_order_probe(pair_scores: ArrayLike) -> dict[str, Any]:
+    """pair_scores [P, 2, 2] = [[s(clip, cap_clip), s(clip, cap_twin)], [s(twin, cap_clip), s(twin, cap_twin)]].
+
+    A pair passes when each caption scores strictly higher with its own clip than with the other one. Ties fail:
+    a model blind to frame order scores a clip and its reversal alike and must get 0, not 50 or 100.
+    Keys: pair_accuracy (both captions), forward_accuracy (the clip's caption), reversed_accuracy (the twin's),
+    num_pairs, pair_correct (bool per pair).
+    """
+    scores = _to_numpy(pair_scores)
+    if scores.ndim != 3 or scores.shape[1:] != (2, 2) or not len(scores):
+        raise ValueError(f"pair_scores must be [P, 2, 2] with P >= 1, got {scores.shape}")
+    forward = scores[:, 0, 0] > scores[:, 1, 0]
+    backward = scores[:, 1, 1] > scores[:, 0, 1]
+    both = forward & backward
+    return {"pair_accuracy": _percent(both), "forward_accuracy": _percent(forward),
+            "reversed_accuracy": _percent(backward), "num_pairs": len(scores), "pair_correct": both}
