@@ -99,13 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="dvc.yaml", metavar="FILE", help="file to write or check (default: %(default)s)")
     p.set_defaults(func=_dvc_yaml_command)
 
+    # Listed here for `stgt --help`; main() hands the arguments to stgt_model.checkpoint_import, which owns them.
+    about = ("convert an official STGT/LAVIS checkpoint to safetensors (no code from the file is run); "
+             "see `stgt import-checkpoint --help`")
+    sub.add_parser("import-checkpoint", help=about, description=about, add_help=False)
+
     p = sub.add_parser("outputs", help="list every stage's outputs and whether it has run",
                        description="Where each stage writes, and the summary of its last run.")
     p.set_defaults(func=_outputs_command)
+
+    from components.kfp.cli import add_pipeline_commands  # kfp loads only when a command runs
+    add_pipeline_commands(sub)
+    from components.tracking_cli import add_tracking_commands  # mlflow loads only when a command runs
+    add_tracking_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import-checkpoint"]:
+        from stgt_model import checkpoint_import
+
+        return checkpoint_import.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from components import registry
+from components import registry, tracking
 from components.atomic import write_json
 from components.config import load_params
 from components.errors import StgtError
@@ -39,8 +39,10 @@ def run_stage(
             producer = next((s.name for s in registry.STAGES if stage.inputs[key] in s.outputs.values()), None)
             hint = f": run `stgt {producer}` first" if producer else ""
             raise StgtError(f"{name}: input '{key}' not found at {path}{hint}")
-    started = time.perf_counter()
-    summary = stage.load().run(params, ins, outs)
-    summary = {"stage": name, "seconds": round(time.perf_counter() - started, 2), **summary}
-    write_json(metrics_path or stage.metrics, summary)
+    with tracking.stage_run(stage, params, ins, outs) as tracker:
+        started = time.perf_counter()
+        summary = stage.load().run(params, ins, outs)
+        summary = {"stage": name, "seconds": round(time.perf_counter() - started, 2), **summary}
+        write_json(metrics_path or stage.metrics, summary)
+        tracker.log_summary(summary, metrics_path or stage.metrics)
     return summary

@@ -14,6 +14,7 @@ from tests.conftest import REPO_ROOT
 TINY_PARAMS = {
     "prepare": {"num_videos": 9, "frames_per_video": 8, "width": 64, "height": 64, "val_share": 0.12, "test_share": 0.25},
     "extract_frames": {"num_frames": 4, "size": 32, "workers": 1, "shard_size": 8},
+    "model": {"preset": "tiny"},
 }
 
 

@@ -49,3 +49,10 @@ def test_missing_input_names_the_producer(tmp_path, monkeypatch, capsys):
     assert main(["validate"]) == 2
     err = capsys.readouterr().err
     assert "input 'dataset' not found at data/prepared" in err and "stgt prepare" in err
+
+
+def test_import_checkpoint_is_dispatched_with_one_line_error(tmp_path, capsys):
+    assert main(["import-checkpoint", str(tmp_path / "absent.pth"), str(tmp_path / "out.safetensors")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "absent.pth" in err[0]
+    assert not (tmp_path / "out.safetensors").exists()

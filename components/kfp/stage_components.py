@@ -1,0 +1,136 @@
+"""Kubeflow components generated from the stage registry: one per stage, plus shard and collect for sharded ones.
+
+Each is a lightweight component on the project's image whose signature is the stage's interface:
+  workspace                the run's workspace path (dsl.WORKSPACE_PATH_PLACEHOLDER)
+  <section>__<key> ...     the stage's params sections, one typed parameter per key (components.kfp.params)
+  <input>: Input[T]        each input, from the upstream stage that produces its path
+  summary: Output[Metrics] the stage summary; <output>: Output[T] each output; <output>_html: Output[HTML] views
+and whose body calls components.kfp.stage_task (or fanout) in the installed project.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from kfp.dsl.python_component import PythonComponent
+
+from components.config import Params
+from components.errors import StgtError
+from components.kfp import artifacts, codegen, fanout, images
+from components.kfp.params import PipelineParam, pipeline_params
+from components.registry import Stage
+
+RESERVED = {"workspace", "summary", "shard"}
+
+
+def producers(stages: Sequence[Stage]) -> dict[str, tuple[Stage, str]]:
+    """Output path -> (producing stage, its output key)."""
+    return {path: (s, key) for s in stages for key, path in s.outputs.items()}
+
+
+@dataclass(frozen=True)
+class StageInterface:
+    stage: Stage
+    params: list[PipelineParam]
+    inputs: dict[str, type]  # input key -> artifact class (that of its producer's output)
+    sources: dict[str, str]  # input key -> the producer's output key
+    outputs: dict[str, type]
+    views: tuple[str, ...]  # output keys with an HTML view
+
+    @classmethod
+    def of(cls, stage: Stage, stages: Sequence[Stage], params: Params) -> "StageInterface":
+        made_by = producers(stages)
+        missing = {k: p for k, p in stage.inputs.items() if p not in made_by}
+        if missing:
+            raise StgtError(f"{stage.name}: input(s) {missing} are produced by no stage, so the Kubeflow "
+                            "pipeline cannot supply them")
+        sources = {k: made_by[p][1] for k, p in stage.inputs.items()}
+        inputs = {k: artifacts.artifact_type(source) for k, source in sources.items()}
+        outputs = {k: artifacts.artifact_type(k) for k in stage.outputs}
+        views = tuple(k for k in stage.outputs if k in artifacts.HTML_VIEWS)
+        names = [*inputs, *outputs, *(artifacts.view_name(k) for k in views)]
+        clashes = {n for n in names if names.count(n) > 1 or n in RESERVED}
+        if clashes:
+            raise StgtError(f"{stage.name}: input/output names {sorted(clashes)} clash in its Kubeflow component")
+        return cls(stage, pipeline_params(params, stage.params), inputs, sources, outputs, views)
+
+    @property
+    def writes_workspace(self) -> bool:
+        return any(artifacts.in_workspace(k) for k in self.outputs)
+
+    @property
+    def writes_only_workspace(self) -> bool:
+        return all(artifacts.in_workspace(k) for k in self.outputs)
+
+    # -- source fragments -------------------------------------------------------------------------------------
+    def param_signature(self) -> list[str]:
+        return [f"{p.name}: {p.annotation.__name__}" for p in self.params]
+
+    def input_signature(self) -> list[str]:
+        return [f"{k}: Input[{t.__name__}]" for k, t in self.inputs.items()]
+
+    def output_signature(self) -> list[str]:
+        return ["summary: Output[Metrics]", *(f"{k}: Output[{t.__name__}]" for k, t in self.outputs.items()),
+                *(f"{artifacts.view_name(k)}: Output[HTML]" for k in self.views)]
+
+    def params_argument(self) -> str:
+        items = "".join(f"            {p.key!r}: {p.name}{' or None' if p.nullable else ''},\n" for p in self.params)
+        return "{\n" + items + "        }" if items else "{}"
+
+    @staticmethod
+    def mapping(keys: Sequence[str], names: Sequence[str] | None = None) -> str:
+        return "{" + ", ".join(f"{k!r}: {n}" for k, n in zip(keys, names or keys)) + "}"
+
+
+def _source(name: str, doc: str, signature: list[str], module: str, function: str, arguments: dict[str, str]) -> str:
+    return codegen.function_source(name, signature, doc, f"from {module} import {function}",
+                                   codegen.call(function, arguments))
+
+
+def stage_component(iface: StageInterface) -> PythonComponent:
+    s = iface.stage
+    source = _source(
+        s.name, s.help,
+        ["workspace: str", *iface.param_signature(), *iface.input_signature(), *iface.output_signature()],
+        "components.kfp.stage_task", "run_stage_task",
+        {"stage": repr(s.name), "workspace": "workspace", "params": iface.params_argument(),
+         "inputs": iface.mapping(list(iface.inputs)), "outputs": iface.mapping(list(iface.outputs)),
+         "views": iface.mapping(list(iface.views), [artifacts.view_name(k) for k in iface.views]),
+         "summary": "summary"})
+    return codegen.lightweight_component(s.name, source, images.image_for(s.resources.gpus))
+
+
+def shard_component(iface: StageInterface) -> PythonComponent:
+    s = iface.stage
+    name = f"{s.name}_shard"
+    source = _source(
+        name, f"One shard of {s.name}: {s.help}",
+        ["workspace: str", "shard: str", *iface.param_signature(), *iface.input_signature()],
+        "components.kfp.fanout", "run_shard_task",
+        {"stage": repr(s.name), "workspace": "workspace", "shard": "shard", "params": iface.params_argument(),
+         "inputs": iface.mapping(list(iface.inputs))})
+    return codegen.lightweight_component(name, source, images.image_for(s.resources.gpus))
+
+
+def collect_component(iface: StageInterface) -> PythonComponent:
+    """Named as the stage: downstream stages depend on it as they would on the unsharded stage."""
+    s = iface.stage
+    source = _source(
+        s.name, f"Merge the shards of {s.name}: {s.help}",
+        ["workspace: str", *iface.param_signature(), *iface.output_signature()],
+        "components.kfp.fanout", "collect_shards_task",
+        {"stage": repr(s.name), "workspace": "workspace", "params": iface.params_argument(),
+         "outputs": iface.mapping(list(iface.outputs)),
+         "views": iface.mapping(list(iface.views), [artifacts.view_name(k) for k in iface.views]),
+         "summary": "summary"})
+    return codegen.lightweight_component(s.name, source, images.image_for(s.resources.gpus))
+
+
+def check_shardable(iface: StageInterface) -> str:
+    """The sharded input's key. Its manifest must travel as an artifact (the plan reads it) and the stage must
+    write only to the workspace (its shards' outputs are merged there)."""
+    key = fanout.sharded_input(iface.stage)
+    if key not in iface.sources or artifacts.in_workspace(iface.sources[key]) or not iface.writes_only_workspace:
+        raise StgtError(f"{iface.stage.name}: a sharded stage needs an artifact manifest input {key!r} and "
+                        "workspace-only outputs")
+    return key

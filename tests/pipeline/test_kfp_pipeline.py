@@ -1,0 +1,188 @@
+"""The compiled Kubeflow pipeline against the stage registry, dvc.yaml and the checked-in golden file."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import pytest
+import yaml
+
+from components import registry
+from components.errors import StgtError
+from components.kfp import task_config
+from components.registry import Resources, Stage
+from pipelines.stgt_pipeline import COMPILED, compile_pipeline
+from tests.conftest import REPO_ROOT
+
+PARAMS = REPO_ROOT / "params.yaml"
+SEPARATOR = "__"
+FAKE_TRAIN = Stage(name="fake_train", help="A GPU training stage that exists only in this test.",
+                   params=("extract_frames",), inputs={"frames": "data/frames"},
+                   outputs={"checkpoint": "models/fake"}, resources=Resources(cpu="8", memory="32Gi", gpus=2),
+                   cacheable=False)
+
+
+# -- reading a compiled spec back ---------------------------------------------------------------------------------
+def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pipeline spec, kubernetes platform spec) of a compiled pipeline file."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of every DAG (root, exit handler, loops) by name."""
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()}
+
+
+def stage_tasks(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, dict[str, Any]]:
+    wanted = set(stages)
+    return {n.replace("-", "_"): t for n, t in all_tasks(spec).items() if n.replace("-", "_") in wanted}
+
+
+def stage_upstream(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, set[str]]:
+    """Stage -> the stages it depends on directly, walking through helper tasks (shard plans, loops)."""
+    tasks = all_tasks(spec)
+    names = {n for n in tasks if n.replace("-", "_") in set(stages)}
+
+    def upstream(task: str, seen: set[str]) -> set[str]:
+        found: set[str] = set()
+        for dep in tasks[task].get("dependentTasks", []):
+            if dep in names:
+                found.add(dep.replace("-", "_"))
+            elif dep not in seen:
+                seen.add(dep)
+                found |= upstream(dep, seen)
+        return found
+
+    return {n.replace("-", "_"): upstream(n, set()) for n in names}
+
+
+def param_sections(spec: dict[str, Any], task: dict[str, Any]) -> set[str]:
+    """The params.yaml sections a task takes (its `section__key` inputs)."""
+    inputs = spec["components"][task["componentRef"]["name"]].get("inputDefinitions", {}).get("parameters", {})
+    return {name.split(SEPARATOR)[0] for name in inputs if SEPARATOR in name}
+
+
+def executor_of(spec: dict[str, Any], task: dict[str, Any]) -> str:
+    return spec["components"][task["componentRef"]["name"]]["executorLabel"]
+
+
+# -- fixtures -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> tuple[dict[str, Any], dict[str, Any]]:
+    return load(compile_pipeline(tmp_path_factory.mktemp("kfp") / "p.yaml", PARAMS))
+
+
+@pytest.fixture(scope="module")
+def with_gpu_stage(tmp_path_factory) -> tuple[dict[str, Any], dict[str, Any]]:
+    path = tmp_path_factory.mktemp("kfp") / "gpu.yaml"
+    return load(compile_pipeline(path, PARAMS, stages=(*registry.STAGES, FAKE_TRAIN)))
+
+
+def dvc_upstream() -> tuple[list[str], dict[str, set[str]], dict[str, set[str]]]:
+    """dvc.yaml's stage order, each stage's producing stages, and its params sections."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    made_by = {out: name for name, s in stages.items() for out in s.get("outs", [])}
+    upstream = {name: {made_by[d] for d in s.get("deps", []) if d in made_by} for name, s in stages.items()}
+    params = {name: {p.split(".")[0] if isinstance(p, str) else next(iter(p)) for p in s.get("params", [])}
+              for name, s in stages.items()}
+    return list(stages), upstream, params
+
+
+# -- one source of truth ------------------------------------------------------------------------------------------
+def test_every_registry_stage_is_a_task_with_the_registry_dependencies(compiled):
+    spec, _ = compiled
+    names = [s.name for s in registry.STAGES]
+    assert set(stage_tasks(spec, names)) == set(names)
+    assert stage_upstream(spec, names) == {s.name: set(s.upstream) for s in registry.STAGES}
+
+
+def test_dvc_yaml_and_pipeline_have_the_same_stages_order_dependencies_and_params(compiled):
+    spec, _ = compiled
+    dvc_order, dvc_deps, dvc_params = dvc_upstream()
+    assert dvc_order == [s.name for s in registry.STAGES]
+    assert stage_upstream(spec, dvc_order) == dvc_deps
+    tasks = stage_tasks(spec, dvc_order)
+    assert {name: param_sections(spec, t) for name, t in tasks.items()} == dvc_params
+
+
+def test_checked_in_compiled_pipeline_is_current(tmp_path, monkeypatch):
+    monkeypatch.delenv("STGT_IMAGE_CPU", raising=False)
+    monkeypatch.delenv("STGT_IMAGE_CUDA", raising=False)
+    fresh = compile_pipeline(tmp_path / "fresh.yaml", PARAMS).read_text()
+    assert COMPILED.read_text() == fresh, "pipelines/stgt_pipeline.yaml is stale: run `stgt pipeline compile`"
+
+
+def test_pipeline_parameters_mirror_params_yaml_keys(compiled):
+    spec, _ = compiled
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["prepare__num_videos"]["defaultValue"] == 120
+    assert inputs["validate__duration_s__min"]["parameterType"] == "NUMBER_DOUBLE"
+    assert inputs["prepare__folder__root"]["defaultValue"] == ""  # null -> "" (KFP has no null)
+    assert {"fanout_shards", "mlflow_secret", "s3_secret", "gpu_node_selector", "gpu_tolerations"} <= set(inputs)
+
+
+# -- cluster settings ---------------------------------------------------------------------------------------------
+def test_gpu_stage_requests_gpus_cpu_memory_shm_and_placement(with_gpu_stage):
+    spec, executors = with_gpu_stage
+    task = stage_tasks(spec, ["fake_train"])["fake_train"]
+    label = executor_of(spec, task)
+    container = spec["deploymentSpec"]["executors"][label]["container"]
+    resources = container["resources"]
+    accelerator = resources["accelerator"]
+    assert (accelerator["resourceCount"], accelerator["resourceType"]) == ("2", task_config.GPU_RESOURCE)
+    assert (resources["resourceCpuLimit"], resources["resourceMemoryLimit"]) == ("8", "32Gi")
+    assert "stgt-cuda" in container["image"]
+    k8s = executors[label]
+    assert k8s["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
+    assert k8s["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("gpu_node_selector")
+    assert k8s["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
+
+
+def test_cpu_stages_get_registry_resources_and_no_gpu(compiled):
+    spec, executors = compiled
+    for stage in registry.STAGES:
+        label = executor_of(spec, stage_tasks(spec, [stage.name])[stage.name])
+        container = spec["deploymentSpec"]["executors"][label]["container"]
+        assert "accelerator" not in container["resources"]
+        assert container["resources"]["resourceMemoryRequest"] == stage.resources.memory
+        assert "stgt-cpu" in container["image"] and "nodeSelector" not in executors[label]
+
+
+def test_secrets_are_env_on_every_stage_shard_and_exit_task(compiled):
+    spec, executors = compiled
+    labels = {executor_of(spec, t) for n, t in all_tasks(spec).items() if "dag" not in spec["components"][
+        t["componentRef"]["name"]] and not n.startswith("plan-shards")}
+    assert labels >= {"exec-prepare", "exec-validate", "exec-extract-frames", "exec-extract-frames-shard",
+                      "exec-finish-run"}
+    for label in labels:
+        mounted = {s["secretNameParameter"]["componentInputParameter"].split("--")[-1]:
+                   {k["envVar"] for k in s["keyToEnv"]} for s in executors[label]["secretAsEnv"]}
+        assert mounted == {"mlflow_secret": set(task_config.MLFLOW_SECRET_KEYS),
+                           "s3_secret": set(task_config.S3_SECRET_KEYS)}, label
+
+
+def test_caching_follows_registry_and_is_off_for_workspace_writers_and_mutable_state(with_gpu_stage):
+    spec, _ = with_gpu_stage
+    enabled = {n: t.get("cachingOptions", {}).get("enableCache", False) for n, t in all_tasks(spec).items()}
+    assert enabled["prepare"] and enabled["validate"]  # cacheable, outputs are artifacts
+    assert not enabled["extract-frames"] and not enabled["extract-frames-shard"]  # per-run workspace
+    assert not enabled["fake-train"]  # registry: cacheable=False
+    assert not enabled["finish-run"]
+
+
+def test_sharded_stage_fans_out_over_a_plan_and_is_collected(compiled):
+    spec, _ = compiled
+    tasks = all_tasks(spec)
+    loop = next(n for n in tasks if n.startswith("for-loop"))
+    assert "plan-shards" in tasks[loop]["dependentTasks"]
+    assert tasks[loop]["parameterIterator"]["items"]["inputParameter"].endswith("plan-shards-Output")
+    assert tasks["extract-frames"]["dependentTasks"] == [loop]
+
+
+def test_stage_whose_input_no_stage_produces_is_refused(tmp_path):
+    orphan = replace(FAKE_TRAIN, name="orphan", inputs={"frames": "data/nowhere"})
+    with pytest.raises(StgtError, match="produced by no stage"):
+        compile_pipeline(tmp_path / "p.yaml", PARAMS, stages=(*registry.STAGES, orphan))

@@ -1,0 +1,132 @@
+"""The TrainJob launcher: the manifest it builds and how it waits, against a fake Kubernetes API (no cluster here)."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from components.kfp import trainjob
+from components.registry import Stage
+
+STAGE = Stage(name="pretrain", help="test stage", params=("extract_frames",), inputs={"frames": "data/frames"},
+              outputs={"checkpoint": "models/pretrain"})
+TASK_CONFIG = SimpleNamespace(
+    resources={"limits": {"nvidia.com/gpu": "8", "memory": "200Gi"}},
+    env=[{"name": "NCCL_DEBUG", "value": "WARN"}],
+    volumes=[{"name": "kfp-workspace", "persistentVolumeClaim": {"claimName": "run-ws"}}],
+    volume_mounts=[{"name": "kfp-workspace", "mountPath": "/kfp-workspace"}],
+    node_selector={"gpu": "a100"},
+    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    affinity=None,
+)
+
+
+class FakeTrainJobApi:
+    """Stands in for kubernetes.client.CustomObjectsApi: returns scripted TrainJob statuses, records calls."""
+
+    def __init__(self, statuses: list[dict | Exception]):
+        self.statuses = statuses
+        self.created: list[dict] = []
+        self.deleted: list[str] = []
+        self.polls = 0
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        assert (group, version, plural) == (trainjob.GROUP, trainjob.VERSION, trainjob.PLURAL)
+        self.created.append(body)
+        return body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        status = self.statuses[min(self.polls, len(self.statuses) - 1)]
+        self.polls += 1
+        if isinstance(status, Exception):
+            raise status
+        return {"metadata": {"name": name}, "status": status}
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.deleted.append(name)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def condition(kind: str, reason: str = "", message: str = "") -> dict:
+    return {"conditions": [{"type": kind, "status": "True", "reason": reason, "message": message}]}
+
+
+RUNNING: dict = {"jobsStatus": [{"name": "node", "active": 2}]}
+
+
+def test_manifest_runs_the_stage_with_torchrun_on_the_task_resources():
+    command = trainjob.stage_command(STAGE, Path("/kfp-workspace"), Path("/kfp-workspace/.params/p.yaml"))
+    body = trainjob.trainjob_manifest("stgt-pretrain-1", "team", "img:1", command, num_nodes=4, num_proc_per_node=8,
+                                      task_config=TASK_CONFIG, timeout_s=3600)
+    assert body["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and body["kind"] == "TrainJob"
+    spec = body["spec"]
+    assert spec["runtimeRef"] == {"name": trainjob.RUNTIME} and spec["activeDeadlineSeconds"] == 3600
+    trainer = spec["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["image"]) == (4, 8, "img:1")
+    assert trainer["command"][:4] == ["torchrun", "-m", "components.cli", "pretrain"]
+    assert "--frames" in trainer["command"] and "/kfp-workspace/models/pretrain" in trainer["command"]
+    assert trainer["resourcesPerNode"] == TASK_CONFIG.resources and trainer["env"] == TASK_CONFIG.env
+    job = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = job["template"]["spec"]["template"]["spec"]
+    assert job["name"] == "node" and pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["containers"] == [{"name": "node", "volumeMounts": TASK_CONFIG.volume_mounts}]
+    assert "affinity" not in pod
+
+
+def test_job_names_are_unique_dns_labels():
+    names = {trainjob.job_name("extract_frames") for _ in range(5)}
+    assert len(names) == 5 and all(n.startswith("stgt-extract-frames-") and len(n) <= 63 for n in names)
+
+
+def test_wait_returns_when_complete_after_polling():
+    api, clock = FakeTrainJobApi([RUNNING, RUNNING, condition("Complete")]), FakeClock()
+    job = trainjob.wait_for(api, "j", "ns", timeout_s=600, poll_s=10, clock=clock, sleep=clock.sleep)
+    assert job["status"]["conditions"][0]["type"] == "Complete" and api.polls == 3 and clock.now == 20
+
+
+def test_wait_surfaces_the_failure_condition_message():
+    api, clock = FakeTrainJobApi([RUNNING, condition("Failed", "BackoffLimitExceeded", "node-0 exited 137")]), FakeClock()
+    with pytest.raises(trainjob.TrainJobFailed, match="BackoffLimitExceeded: node-0 exited 137"):
+        trainjob.wait_for(api, "j", "ns", timeout_s=600, poll_s=10, clock=clock, sleep=clock.sleep)
+    assert api.deleted == []  # kept for inspection
+
+
+def test_wait_times_out_and_deletes_the_job():
+    api, clock = FakeTrainJobApi([RUNNING]), FakeClock()
+    with pytest.raises(trainjob.TrainJobFailed, match="did not finish within 60s"):
+        trainjob.wait_for(api, "j", "ns", timeout_s=60, poll_s=15, clock=clock, sleep=clock.sleep)
+    assert api.deleted == ["j"]
+
+
+def test_wait_tolerates_a_few_api_errors_but_not_many():
+    flaky = FakeTrainJobApi([RuntimeError("503"), RuntimeError("503"), condition("Complete")])
+    clock = FakeClock()
+    trainjob.wait_for(flaky, "j", "ns", timeout_s=600, poll_s=1, clock=clock, sleep=clock.sleep)
+    down = FakeTrainJobApi([RuntimeError("connection refused")])
+    with pytest.raises(trainjob.TrainJobFailed, match="unreadable 5 times"):
+        trainjob.wait_for(down, "j", "ns", timeout_s=600, poll_s=1, clock=clock, sleep=clock.sleep)
+
+
+def test_run_task_creates_waits_and_reports_the_stage_summary(tmp_path, monkeypatch):
+    from components import registry
+
+    monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, STAGE.name: STAGE})
+    (tmp_path / "reports").mkdir()
+    (tmp_path / STAGE.metrics).write_text('{"stage": "pretrain", "loss": 0.5}')
+    api = FakeTrainJobApi([condition("Complete")])
+    summary = SimpleNamespace(logged={}, log_metric=lambda k, v: summary.logged.__setitem__(k, v))
+    result = trainjob.run_trainjob_task("pretrain", str(tmp_path), {"extract_frames.num_frames": 4}, "img:1", 2, 1,
+                                        60, TASK_CONFIG, summary, api=api, namespace="team")
+    assert result["loss"] == 0.5 and summary.logged == {"loss": 0.5}
+    assert api.created[0]["metadata"]["namespace"] == "team"
