@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.errors import ConfigError
+from stgt_model.config import PRESETS as MODEL_PRESETS
+from stgt_model.config import ModelConfig, deep_merge
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -122,15 +124,151 @@ class ExtractFramesConfig(Section):
     seed: int = 0
 
 
+class BuildGraphsConfig(Section):
+    batch_size: int = Field(16, ge=1, description="clips per backbone forward pass")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: cuda when available, else cpu")
+    mode: Literal["cached", "online"] = Field("cached", description="cached: store frozen-backbone features and graphs; "
+                                                                    "online: frames only, the backbone runs in training")
+    sim_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="graph edge threshold; None: model.stgt.sim_threshold")
+    max_isolated_share: float = Field(0.5, ge=0.0, le=1.0, description="the graphs suite fails a clip whose share of "
+                                                                        "nodes with no edge but their self loop is above this")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# training and evaluation (stgt-reference §2-4)
+
+LossName = Literal["vtc", "csal", "vtm", "vtg"]
+
+
+class LossWeightsConfig(Section):
+    vtc: float = Field(1.0, ge=0.0)
+    csal: float = Field(1.0, ge=0.0)
+    vtm: float = Field(1.0, ge=0.0)
+    vtg: float = Field(1.0, ge=0.0)
+
+
+THREADS_HELP = ("CPU threads for torch (None: torch's default). 1 by default: on a loaded 2-core host, "
+                "OpenMP's barrier waits made 2 threads ~4x slower per step than 1")
+
+
+class TrainSettings(Section):
+    """One training run (stgt_model.engine.TrainConfig); defaults sized for the embedded default on a CPU."""
+
+    steps: int | None = Field(None, gt=0, description="optimizer steps; give exactly one of steps / epochs")
+    epochs: int | None = Field(None, gt=0)
+    batch_size: int = Field(32, gt=0, description="per process (reference: 20 per GPU)")
+    lr: float = Field(1e-4, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float | None = Field(None, gt=0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    max_text_len: int | None = Field(None, gt=1, description="caption tokens; None: model.qformer.max_text_len")
+    seed: int = 42
+    checkpoint_every: int = Field(50, gt=0, description="steps between resumable checkpoints")
+    log_every: int = Field(10, gt=0)
+    threads: int | None = Field(1, ge=1, description=THREADS_HELP)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "TrainSettings":
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps or epochs")
+        return self
+
+
+class ContrastivePhase(TrainSettings):
+    """A video-text phase: the losses it minimises and their weights (reference total: 1:1:1)."""
+
+    losses: list[LossName] = Field(min_length=1)
+    weights: LossWeightsConfig = LossWeightsConfig()
+    pair_twins: bool = Field(True, description="put each clip and its time-reversed twin in the same batch, so the "
+                                               "contrastive and matching losses see them as each other's negatives")
+
+
+class PretrainConfig(Section):
+    """Stage 1 (VTC + VTM + VTG), then stage 2 (CSAL + VTM + VTG) from stage 1's weights (reference §3.1)."""
+
+    stage1: ContrastivePhase = ContrastivePhase(losses=["vtc", "vtm", "vtg"], steps=300)
+    stage2: ContrastivePhase = ContrastivePhase(losses=["csal", "vtm", "vtg"], steps=100)
+
+
+class QAPhase(TrainSettings):
+    answer_vocab_size: int = Field(1500, gt=0, description="answer classes: the top-k training answers")
+
+
+FinetuneTask = Literal["retrieval", "qa"]
+FINETUNE_TASKS: tuple[str, ...] = ("retrieval", "qa")
+
+
+class FinetuneConfig(Section):
+    """Fine-tuning from the pre-trained weights, one run per task (dvc.yaml: a foreach over the tasks).
+
+    A benchmark preset (prepare.preset) sets the reference recipe here (components/presets/*.yaml).
+    """
+
+    tasks: list[FinetuneTask] = Field(list(FINETUNE_TASKS), min_length=1, description="tasks this run fine-tunes")
+    retrieval: ContrastivePhase = ContrastivePhase(losses=["csal", "vtm"], steps=100)
+    qa: QAPhase = QAPhase(steps=150)
+
+
+class EvaluateConfig(Section):
+    compat: Literal["tie_aware", "clip4clip", "albef"] = Field(
+        "tie_aware", description="rank convention (metrics-reference §2.6); the others reproduce CLIP4Clip / ALBEF")
+    k_test: int = Field(32, gt=0, description="re-rank the top k by the matching head (reference: 32)")
+    dual_softmax: bool = Field(False, description="also report inference-time dual softmax (never instead)")
+    batch_size: int = Field(64, gt=0)
+    max_text_len: int | None = Field(None, gt=1, description="None: model.qformer.max_text_len")
+    threads: int | None = Field(1, ge=1, description=THREADS_HELP)
+
+
+class GateMetrics(Section):
+    """Per task, the evaluate metric (dotted key inside its metrics.json section) that decides a promotion."""
+
+    retrieval: str = "t2v.R@1"
+    qa: str = "accuracy"
+
+
+class RegisterConfig(Section):
+    """Stage register: log the fine-tuned models, register them as `<model_prefix>-<task>` and gate `champion`."""
+
+    models: list[FinetuneTask] = Field(list(FINETUNE_TASKS), min_length=1, description="tasks whose model to register")
+    model_prefix: str = Field("stgt", pattern=r"^[\w.-]+$", description="registered names are <prefix>-<task>")
+    gate_metric: GateMetrics = GateMetrics()
+    margin: float = Field(0.0, ge=0.0, description="promote only when the gate metric beats the champion's by more")
+
+
+# Sections whose names shadow BaseModel attributes: held as `<name>_`, read and written as `<name>`.
+ALIASED_SECTIONS = ("validate", "register")
+
+
 class Params(Section):
+    model: ModelConfig = ModelConfig()
     prepare: PrepareConfig = PrepareConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     extract_frames: ExtractFramesConfig = ExtractFramesConfig()
+    build_graphs: BuildGraphsConfig = BuildGraphsConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_preset(cls, data: Any) -> Any:
+        """`model: {preset: tiny, stgt: {layers: 2}}` = the named preset with those keys overridden."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            spec = dict(data["model"])
+            preset = spec.pop("preset", "default")
+            if preset not in MODEL_PRESETS:
+                raise ValueError(f"model.preset: unknown preset {preset!r}; expected one of {sorted(MODEL_PRESETS)}")
+            data = {**data, "model": deep_merge(MODEL_PRESETS[preset], spec)}
+        return data
+
     def section(self, name: str) -> Section:
-        return getattr(self, "validate_" if name == "validate" else name)
+        return getattr(self, f"{name}_" if name in ALIASED_SECTIONS else name)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -154,8 +292,9 @@ def _describe(error: dict[str, Any]) -> str:
 def _format_validation_error(origin: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        path = ".".join("validate" if p == "validate_" else str(p) for p in err["loc"])
-        lines.append(f"{origin}: {path or '<root>'}: {_describe(err)}")
+        path = ".".join(str(p).removesuffix("_") if str(p).removesuffix("_") in ALIASED_SECTIONS else str(p)
+                        for p in err["loc"])
+        lines.append(f"{origin}: {path + ': ' if path else ''}{_describe(err)}")
     return "\n".join(lines)
 
 

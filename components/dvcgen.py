@@ -8,9 +8,12 @@ import yaml
 from components.registry import STAGES, Stage
 
 HEADER = "# Generated from components/registry.py by `stgt dvc-yaml`. Do not edit by hand.\n"
+ITEM = "${item}"
 
 
 def stage_entry(stage: Stage) -> dict:
+    if stage.foreach:
+        return foreach_entry(stage)
     deps = [f"components/{stage.name}.py", *stage.code, *stage.inputs.values()]
     entry: dict = {
         "cmd": f"stgt {stage.name}",
@@ -24,8 +27,39 @@ def stage_entry(stage: Stage) -> dict:
     return entry
 
 
+def foreach_entry(stage: Stage) -> dict:
+    """One DVC stage per item (`<name>@<item>`): the item narrows `foreach_param` and owns the output of its name.
+
+    The outputs must differ only by the item (e.g. data/checkpoints/finetune/<item>), so one templated path
+    covers them all.
+    """
+    first = stage.foreach[0]
+    template = stage.outputs[first].replace(first, ITEM)
+    for item in stage.foreach:
+        if stage.outputs.get(item) != template.replace(ITEM, item):
+            raise ValueError(f"{stage.name}: foreach item {item!r} needs output {template.replace(ITEM, item)!r}")
+    metrics = f"reports/{stage.name}/{ITEM}.json"
+    deps = [f"components/{stage.name}.py", *stage.code, *stage.inputs.values()]
+    do: dict = {
+        "cmd": f"stgt {stage.name} --set '{stage.foreach_param}=[{ITEM}]' --metrics {metrics}",
+        "deps": list(dict.fromkeys(deps)),
+        "params": list(stage.params),
+        "outs": [template],
+        "metrics": [{metrics: {"cache": False}}],
+    }
+    if not stage.cacheable:
+        do["always_changed"] = True
+    return {"foreach": list(stage.foreach), "do": do}
+
+
 def render() -> str:
-    doc = {"stages": {s.name: stage_entry(s) for s in STAGES}}
+    doc: dict = {"stages": {s.name: stage_entry(s) for s in STAGES}}
+    metrics = [path for s in STAGES for path in s.metrics_files]
+    plots = [plot for s in STAGES for plot in s.plots]
+    if metrics:
+        doc["metrics"] = metrics
+    if plots:
+        doc["plots"] = plots
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 
 

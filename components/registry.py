@@ -10,6 +10,13 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 
+# The model library the training stages run on (their own module is added by dvcgen).
+TRAINING_CODE = ("stgt_model/model.py", "stgt_model/qformer.py", "stgt_model/stgt.py", "stgt_model/graph_attention.py",
+                 "stgt_model/losses.py", "stgt_model/qa.py", "stgt_model/engine.py", "stgt_model/data.py",
+                 "stgt_model/factory.py", "stgt_model/config.py")
+FINETUNE_TASKS = ("retrieval", "qa")
+
+
 @dataclass(frozen=True)
 class Resources:
     cpu: str = "2"
@@ -28,6 +35,13 @@ class Stage:
     code: tuple[str, ...] = ()
     cacheable: bool = True
     resources: Resources = Resources()
+    # DVC `foreach`: one dvc.yaml stage per item, each narrowing the list param `foreach_param` to its item and
+    # owning the outputs whose key is the item. Other runners (CLI default, Kubeflow) do every item in one run.
+    foreach: tuple[str, ...] = ()
+    foreach_param: str | None = None
+    # Files inside the outputs that DVC shows as metrics / plots (dvc.yaml top level: no extra outputs).
+    metrics_files: tuple[str, ...] = ()
+    plots: tuple[str | dict, ...] = ()
 
     @property
     def module(self) -> str:
@@ -70,6 +84,63 @@ STAGES: tuple[Stage, ...] = (
         inputs={"dataset": "data/prepared", "validation": "reports/validate"},
         outputs={"frames": "data/frames"},
         code=("stgt_model/video", "components/suites", "components/gx.py"),
+    ),
+    Stage(
+        name="build_graphs",
+        help="Cache frozen-backbone token features (fp16 shards) and their spatio-temporal graphs, gated on graph stats.",
+        params=("build_graphs", "model"),
+        inputs={"frames": "data/frames", "dataset": "data/prepared"},
+        outputs={"features": "data/features"},
+        code=("stgt_model/backbones.py", "stgt_model/graph.py", "stgt_model/data.py", "components/suites",
+              "components/gx.py"),
+    ),
+    Stage(
+        name="pretrain",
+        help="Pre-train on the cached features: stage 1 (VTC + VTM + VTG), then stage 2 (CSAL + VTM + VTG); resumable.",
+        params=("pretrain", "model"),
+        inputs={"features": "data/features", "dataset": "data/prepared"},
+        outputs={"checkpoint": "data/checkpoints/pretrain"},
+        code=TRAINING_CODE,
+        resources=Resources(cpu="8", memory="32Gi", gpus=1),
+    ),
+    Stage(
+        name="finetune",
+        help="Fine-tune the pre-trained model per task: retrieval (CSAL + VTM) and video QA (answer classification).",
+        params=("finetune", "model"),
+        inputs={"pretrained": "data/checkpoints/pretrain", "features": "data/features", "dataset": "data/prepared"},
+        outputs={task: f"data/checkpoints/finetune/{task}" for task in FINETUNE_TASKS},
+        code=(*TRAINING_CODE, "components/pretrain.py"),
+        resources=Resources(cpu="8", memory="32Gi", gpus=1),
+        foreach=FINETUNE_TASKS,
+        foreach_param="finetune.tasks",
+    ),
+    Stage(
+        name="evaluate",
+        help="Test-split retrieval (R@1/5/10, MdR, MnR both ways), temporal-order probe and QA accuracy; plots.",
+        params=("evaluate", "model", "finetune"),
+        inputs={"retrieval": "data/checkpoints/finetune/retrieval", "qa": "data/checkpoints/finetune/qa",
+                "pretrained": "data/checkpoints/pretrain", "features": "data/features", "dataset": "data/prepared"},
+        outputs={"report": "reports/evaluate"},
+        code=(*TRAINING_CODE, "stgt_model/metrics.py", "components/pretrain.py", "components/finetune.py",
+              "components/plots.py"),
+        resources=Resources(cpu="4", memory="16Gi", gpus=1),
+        metrics_files=("reports/evaluate/metrics.json",),
+        plots=(
+            {"reports/evaluate/plots/recall_at_k.csv": {"x": "k", "y": "recall", "title": "Recall@K (test)"}},
+            {"reports/evaluate/plots/curves.csv": {"x": "step", "y": "loss/total", "title": "training loss"}},
+            "reports/evaluate/plots/recall_at_k.png",
+            "reports/evaluate/plots/training_curves.png",
+        ),
+    ),
+    Stage(
+        name="register",
+        help="Log the fine-tuned models to MLflow, register them and move `champion` when they beat it (re-scored).",
+        params=("register", "model", "finetune", "evaluate"),
+        inputs={"retrieval": "data/checkpoints/finetune/retrieval", "qa": "data/checkpoints/finetune/qa",
+                "report": "reports/evaluate", "features": "data/features", "dataset": "data/prepared"},
+        code=("components/mlflow_models.py", "components/registry_ops.py", "components/evaluate.py", *TRAINING_CODE),
+        # The registry lives outside the workspace: DVC cannot tell whether it still holds this run's decision.
+        cacheable=False,
     ),
 )
 

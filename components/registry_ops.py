@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-DEFAULT_MODEL_NAME = "stgt"
+DEFAULT_MODEL_NAME = "stgt-retrieval"  # what `register` names the retrieval model (register.model_prefix + "-retrieval")
 
 
 @dataclass

@@ -383,10 +383,29 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng([seed % 2**64, *key])
 
 
-def make_clip(seed: int, index: int, frames: int) -> Clip:
-    """Clip `index` depends only on (seed, index), not on how many clips are made."""
-    rng = _rng(seed, 1, index)
-    script = random_script(rng, frames)
+def draw_script(seed: int, index: int, frames: int, attempt: int) -> tuple[Script, np.random.Generator]:
+    rng = _rng(seed, 1, index, attempt) if attempt else _rng(seed, 1, index)
+    return random_script(rng, frames), rng
+
+
+def unique_attempts(seed: int, count: int, frames: int) -> list[int]:
+    """Per clip, the first draw whose scene (and its reversal) no earlier clip has: the scene space is small
+    (one shape vanishing in place recurs every few hundred clips), and two byte-identical videos in different
+    splits would leak test clips into training (the validate stage rejects that)."""
+    seen: set[Script] = set()
+    attempts = []
+    for index in range(count):
+        attempt = 0
+        while (script := draw_script(seed, index, frames, attempt)[0]) in seen:
+            attempt += 1
+        seen.update((script, reverse(script)))
+        attempts.append(attempt)
+    return attempts
+
+
+def make_clip(seed: int, index: int, frames: int, attempt: int = 0) -> Clip:
+    """Clip `index` depends only on (seed, index, attempt), not on how many clips are made."""
+    script, rng = draw_script(seed, index, frames, attempt)
     templates = sorted(int(k) for k in rng.choice(len(TEMPLATES), int(rng.integers(1, 4)), replace=False))
     backwards = reverse(script)
     text = Text(captions(script, templates), qa_pairs(script))
@@ -423,8 +442,8 @@ def twin_split(split: str, reversed_twins: bool) -> str | None:
     return "train" if split == "train" and reversed_twins else None
 
 
-def clip_rows(cfg: PrepareConfig, root: Path, index: int, split: str) -> list[Row]:
-    clip = make_clip(cfg.seed, index, cfg.frames_per_video)
+def clip_rows(cfg: PrepareConfig, root: Path, index: int, split: str, attempt: int = 0) -> list[Row]:
+    clip = make_clip(cfg.seed, index, cfg.frames_per_video, attempt)
     frame = renderer(clip.script, cfg.width, cfg.height)
     forward = range(cfg.frames_per_video)
     video_id = f"syn_{index:05d}"
@@ -468,5 +487,6 @@ def build(cfg: PrepareConfig, dataset_dir: Path) -> SourcePlan:
     (dataset_dir / "videos").mkdir(parents=True, exist_ok=True)
     # A pool is worth its start-up only beyond a few clips.
     workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS, cfg.num_videos // 16 + 1)
-    args = [(cfg, dataset_dir, i, splits[i]) for i in range(cfg.num_videos)]
+    attempts = unique_attempts(cfg.seed, cfg.num_videos, cfg.frames_per_video)
+    args = [(cfg, dataset_dir, i, splits[i], attempts[i]) for i in range(cfg.num_videos)]
     return SourcePlan(data_root=dataset_dir, total=cfg.num_videos, clips=map_in_order(clip_rows, args, workers))

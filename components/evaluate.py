@@ -1,0 +1,263 @@
+"""Stage `evaluate`: retrieval both ways, the temporal-order probe and video QA on the test split.
+
+Retrieval follows the reference protocol (stgt-reference §4.2): coarse ITC scores (max over queries, no
+temperature), the top evaluate.k_test candidates of every query re-scored by the matching head, final score =
+p_match + similarity, every other cell -100. Ranks use evaluate.compat (tie-aware by default, or clip4clip /
+albef exactly as those code bases). Inference-time dual softmax (evaluate.dual_softmax) is reported beside the
+plain numbers, never instead of them. The maths is stgt_model.metrics; this stage only encodes and writes.
+
+Temporal-order probe: each test clip against its time-reversed twin (split `probe`, linked by twin_id). A pair
+passes when both captions score higher, with the same final score, on their own clip.
+
+QA: accuracy over all test questions, per question type, with out-of-vocabulary answers counted wrong, next to
+always answering the most frequent training answer.
+
+Output folder (written whole):
+  metrics.json                       every number (DVC metrics)
+  ranks_t2v.parquet, ranks_v2t.parquet   per-query rank (0-based) under evaluate.compat
+  probe.parquet, qa_predictions.parquet
+  plots/recall_at_k.csv + .png, plots/curves.csv + training_curves.png (DVC plots)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from components.atomic import atomic_dir
+from components.config import EvaluateConfig, Params, write_resolved
+from components.finetune import SKIPPED_FILE, VOCAB_FILE, qa_model_config
+from components.plots import plot_curves, plot_recall_at_k
+from components.pretrain import (
+    CURVES_FILE,
+    MODEL_FILE,
+    build_model,
+    load_model,
+    open_corpus,
+    set_threads,
+    text_processor,
+)
+from stgt_model.data import ClipStore, VideoQADataset, probe_pairs
+from stgt_model.metrics import dual_softmax, qa_metrics, rerank_topk, retrieval_metrics, temporal_order_probe
+from stgt_model.model import STGTModel
+from stgt_model.qa import AnswerVocab
+from stgt_model.qformer import TextProcessor
+
+SECTIONS = ["model", "finetune", "evaluate"]
+RECALL_KS_PLOTTED = (1, 2, 3, 5, 10, 20, 50)
+
+
+def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
+    cfg: EvaluateConfig = params.evaluate
+    manifest, store = open_corpus(inputs["dataset"], inputs["features"])
+    out_dir = Path(outputs["report"])
+    set_threads(cfg.threads)
+    torch.set_grad_enabled(False)
+    try:
+        metrics: dict[str, Any] = {}
+        tables: dict[str, pd.DataFrame] = {}
+        retrieval_dir, qa_dir = Path(inputs["retrieval"]), Path(inputs["qa"])
+        if skipped(retrieval_dir, metrics, "retrieval", "temporal_order"):
+            recall_curve = pd.DataFrame(columns=["k", "direction", "recall"])
+        else:
+            model = build_model(params.model)
+            load_model(model, retrieval_dir / MODEL_FILE)
+            model.eval()
+            processor = text_processor(params.model, cfg.max_text_len)
+            metrics["retrieval"], ranks, recall_curve = evaluate_retrieval(model, processor, store, manifest, cfg)
+            tables |= {f"ranks_{direction}": frame for direction, frame in ranks.items()}
+            metrics["temporal_order"], tables["probe"] = evaluate_probe(model, processor, store, manifest)
+        if not skipped(qa_dir, metrics, "qa"):
+            metrics["qa"], tables["qa_predictions"] = evaluate_qa(params, qa_dir, store, manifest, cfg)
+    finally:
+        torch.set_grad_enabled(True)
+
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for name, frame in tables.items():
+            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        plots = tmp / "plots"
+        plots.mkdir()
+        recall_curve.to_csv(plots / "recall_at_k.csv", index=False)
+        plot_recall_at_k(recall_curve, plots / "recall_at_k.png")
+        curves = training_curves({"pretrain": inputs["pretrained"], "retrieval": inputs["retrieval"],
+                                  "qa": inputs["qa"]})
+        curves.to_csv(plots / "curves.csv", index=False)
+        plot_curves(curves, plots / "training_curves.png")
+        write_resolved(params, SECTIONS, tmp / "config.resolved.yaml")
+    return headline(metrics)
+
+
+def skipped(folder: Path, metrics: dict[str, Any], *keys: str) -> bool:
+    """A task finetune skipped (the corpus has nothing for it): its metrics say why."""
+    marker = folder / SKIPPED_FILE
+    if not marker.exists():
+        return False
+    for key in keys:
+        metrics[key] = json.loads(marker.read_text(encoding="utf-8"))
+    return True
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The stage summary: the numbers a run is judged by."""
+    out: dict[str, Any] = {}
+    retrieval, probe, qa = metrics["retrieval"], metrics["temporal_order"], metrics["qa"]
+    if "t2v" in retrieval:
+        out |= {"t2v_R@1": retrieval["t2v"]["R@1"], "t2v_R@5": retrieval["t2v"]["R@5"],
+                "t2v_R@10": retrieval["t2v"]["R@10"], "v2t_R@1": retrieval["v2t"]["R@1"],
+                "chance_R@1": retrieval["chance_R@1"]}
+    if "pair_accuracy" in probe:
+        out["pair_accuracy"] = probe["pair_accuracy"]
+    if "accuracy" in qa:
+        out |= {"qa_accuracy": qa["accuracy"], "qa_majority_accuracy": qa["majority_accuracy"]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# encoding
+
+
+def encode_videos(model: STGTModel, store: ClipStore, video_ids: list[str], batch_size: int) -> tuple[Tensor, Tensor]:
+    """-> (video tokens (V, N, width) for the matching head, query features (V, Q, E))."""
+    tokens, feats = [], []
+    for start in range(0, len(video_ids), batch_size):
+        features = torch.stack([store.get(v) for v in video_ids[start:start + batch_size]])
+        video_tokens = model.video_tokens(features=features)
+        tokens.append(video_tokens)
+        feats.append(model.encode_video(video_tokens)[1])
+    return torch.cat(tokens), torch.cat(feats)
+
+
+def encode_texts(model: STGTModel, processor: TextProcessor, texts: list[str],
+                 batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (input_ids, attention_mask) padded to one width, text features (T, E)."""
+    encoded = processor(texts)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    feats = [model.encode_text(ids[s:s + batch_size], mask[s:s + batch_size])[1] for s in range(0, len(ids), batch_size)]
+    return ids, mask, torch.cat(feats)
+
+
+def match_scores(model: STGTModel, video_tokens: Tensor, ids: Tensor, mask: Tensor) -> np.ndarray:
+    return model.itm_scores(video_tokens, ids, mask).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# retrieval
+
+
+def evaluate_retrieval(model: STGTModel, processor: TextProcessor, store: ClipStore, manifest: pd.DataFrame,
+                       cfg: EvaluateConfig) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame]:
+    test = manifest[(manifest["split"] == "test") & manifest["video_id"].isin(store.index["video_id"])]
+    video_ids = list(test["video_id"])
+    texts, text_video = [], []
+    for v, captions in enumerate(test["captions"]):
+        texts += [str(c) for c in captions]
+        text_video += [v] * len(captions)
+    video_tokens, video_feat = encode_videos(model, store, video_ids, cfg.batch_size)
+    ids, mask, text_feat = encode_texts(model, processor, texts, cfg.batch_size)
+    coarse_t2v = model.similarity(video_feat, text_feat).T.numpy()  # [texts x videos]
+
+    def t2v_scores(text: int, videos: np.ndarray) -> np.ndarray:
+        n = len(videos)
+        return match_scores(model, video_tokens[videos], ids[text].expand(n, -1), mask[text].expand(n, -1))
+
+    def v2t_scores(video: int, text_idx: np.ndarray) -> np.ndarray:
+        n = len(text_idx)
+        return match_scores(model, video_tokens[video].expand(n, -1, -1), ids[text_idx], mask[text_idx])
+
+    scores_t2v = rerank_topk(coarse_t2v, t2v_scores, cfg.k_test)
+    scores_v2t = rerank_topk(coarse_t2v.T, v2t_scores, cfg.k_test)
+    result = retrieval_metrics(scores_t2v, text_video, compat=cfg.compat, sim_v2t=scores_v2t)
+    metrics: dict[str, Any] = {
+        "compat": cfg.compat, "k_test": cfg.k_test, "num_videos": len(video_ids), "num_texts": len(texts),
+        "chance_R@1": 100.0 / len(video_ids),
+        **{d: {k: v for k, v in result[d].items() if k != "ranks"} for d in ("t2v", "v2t")},
+    }
+    if cfg.dual_softmax:
+        # On the ITC logits (similarity / temperature), as TS2-Net and InternVideo apply it; no re-ranking.
+        logits = coarse_t2v / float(model.temp)
+        dsl = retrieval_metrics(dual_softmax(logits), text_video, compat=cfg.compat,
+                                sim_v2t=dual_softmax(logits.T))
+        metrics["dual_softmax"] = {d: {k: v for k, v in dsl[d].items() if k != "ranks"} for d in ("t2v", "v2t")}
+    ranks = {
+        "t2v": pd.DataFrame({"text": texts, "video_id": [video_ids[v] for v in text_video],
+                             "rank": result["t2v"]["ranks"]}),
+        "v2t": pd.DataFrame({"video_id": video_ids, "rank": result["v2t"]["ranks"]}),
+    }
+    recall_curve = pd.DataFrame([
+        {"k": k, "direction": d, "recall": 100.0 * float(np.mean(np.asarray(result[d]["ranks"]) < k))}
+        for d in ("t2v", "v2t") for k in RECALL_KS_PLOTTED
+    ])
+    return metrics, ranks, recall_curve
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# temporal-order probe
+
+
+def evaluate_probe(model: STGTModel, processor: TextProcessor, store: ClipStore,
+                   manifest: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
+    pairs = [(a, b) for a, b in probe_pairs(manifest) if a in store and b in store]
+    if not pairs:
+        return {"skipped": "no test clip has a time-reversed twin in split 'probe'"}, pd.DataFrame(
+            columns=["video_id", "twin_id", "correct"])
+    caption = {v: str(c[0]) for v, c in zip(manifest["video_id"], manifest["captions"])}
+    clips = [v for pair in pairs for v in pair]  # clip0, twin0, clip1, twin1, ...
+    video_tokens, video_feat = encode_videos(model, store, clips, 64)
+    ids, mask, text_feat = encode_texts(model, processor, [caption[v] for v in clips], 64)
+    sims = model.similarity(video_feat, text_feat)  # [clips x captions]
+    # Every (video, caption) combination within a pair: rows = clip / twin, columns = clip's / twin's caption.
+    p = len(pairs)
+    video_idx = torch.tensor([[2 * i + r for r in (0, 1) for _ in (0, 1)] for i in range(p)]).flatten()
+    text_idx = torch.tensor([[2 * i + c for _ in (0, 1) for c in (0, 1)] for i in range(p)]).flatten()
+    p_match = model.itm_scores(video_tokens[video_idx], ids[text_idx], mask[text_idx])
+    pair_scores = (p_match + sims[video_idx, text_idx]).view(p, 2, 2).numpy()
+    result = temporal_order_probe(pair_scores)
+    rows = pd.DataFrame({"video_id": [a for a, _ in pairs], "twin_id": [b for _, b in pairs],
+                         "correct": result.pop("pair_correct")})
+    return result, rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# video QA
+
+
+def evaluate_qa(params: Params, qa_dir: Path, store: ClipStore, manifest: pd.DataFrame,
+                cfg: EvaluateConfig) -> tuple[dict[str, Any], pd.DataFrame]:
+    vocab = AnswerVocab.from_dict(json.loads((qa_dir / VOCAB_FILE).read_text(encoding="utf-8")))
+    model = build_model(qa_model_config(params.model, len(vocab)))
+    load_model(model, qa_dir / MODEL_FILE)
+    model.eval()
+    processor = text_processor(params.model, params.finetune.qa.max_text_len)
+    dataset = VideoQADataset(store, manifest, "test", vocab)
+    items = [dataset.items[i] for i in range(len(dataset))]
+    predictions: list[str | None] = []
+    for start in range(0, len(items), cfg.batch_size):
+        batch = items[start:start + cfg.batch_size]
+        features = torch.stack([store.get(video_id) for video_id, _ in batch])
+        encoded = processor([qa["question"] for _, qa in batch])
+        logits = model.qa_logits(encoded["input_ids"], encoded["attention_mask"], features=features)
+        predictions += [vocab.decode(i) for i in logits.argmax(dim=-1).tolist()]
+    answers = [qa["answer"] for _, qa in items]
+    types = [qa["type"] for _, qa in items]
+    train_answers = [qa["answer"] for qas in manifest.loc[manifest["split"] == "train", "qa"] if qas is not None
+                     for qa in qas]
+    metrics = qa_metrics(predictions, answers, types, vocab.answers, train_answers)
+    rows = pd.DataFrame({"video_id": [v for v, _ in items], "question": [qa["question"] for _, qa in items],
+                         "type": types, "answer": answers, "prediction": predictions})
+    return metrics, rows
+
+
+def training_curves(folders: dict[str, Path]) -> pd.DataFrame:
+    """Every training run's logged losses, one row per (run, phase, step)."""
+    frames = []
+    for run_name, folder in folders.items():
+        path = Path(folder) / CURVES_FILE
+        if path.exists():
+            frames.append(pd.read_csv(path).assign(run=run_name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "phase", "step"])

@@ -1,0 +1,68 @@
+"""Stage `pretrain` on the tiny corpus: both phases run, the output is written whole, and a killed run resumes."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from components import pretrain
+from tests.stages.tiny_corpus import corpus, tiny_params  # noqa: F401 - the session fixture
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+class Killed(Exception):
+    pass
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / pretrain.MODEL_FILE, weights_only=True)
+
+
+def test_pretrain_runs_both_phases_and_writes_its_output(corpus, tmp_path):
+    out = tmp_path / "checkpoints" / "pretrain"
+    summary = pretrain.run(tiny_params(tmp_path), corpus, {"checkpoint": out})
+
+    assert summary["stage1"]["steps"] == 3 and summary["stage2"]["steps"] == 3
+    assert {"vtc", "vtm", "vtg"} <= set(summary["stage1"]) and "csal" in summary["stage2"]
+    assert not any(k.startswith("backbone.") for k in weights(out))
+    curves = pd.read_csv(out / pretrain.CURVES_FILE)
+    assert list(curves.groupby("phase")["step"].max()) == [3, 3]
+    assert (out / "config.resolved.yaml").exists()
+    assert not pretrain.work_dir(out).exists()  # checkpoints of a finished run are cleaned up
+
+
+def test_killed_pretrain_resumes_from_its_out_dir_and_ends_with_the_same_weights(corpus, tmp_path, monkeypatch):
+    params = tiny_params(tmp_path)
+    uninterrupted = tmp_path / "a" / "pretrain"
+    pretrain.run(params, corpus, {"checkpoint": uninterrupted})
+
+    resumed = tmp_path / "b" / "pretrain"
+    real_logger = pretrain.curve_logger
+
+    def killing_logger(path, phase):
+        log = real_logger(path, phase)
+
+        def kill_in_stage2(step, metrics):
+            log(step, metrics)
+            if phase == "stage2" and step == 2:
+                raise Killed  # after the step-2 checkpoint, as a kill between steps
+        return kill_in_stage2
+
+    monkeypatch.setattr(pretrain, "curve_logger", killing_logger)
+    with pytest.raises(Killed):
+        pretrain.run(params, corpus, {"checkpoint": resumed})
+    # Nothing half-written at the output; the checkpoints sit in the work folder beside it.
+    assert not resumed.exists()
+    work = pretrain.work_dir(resumed)
+    assert (work / "stage1" / "checkpoints" / "latest").read_text() == "step-0000003.pt"
+    assert (work / "stage2" / "checkpoints" / "latest").read_text() == "step-0000002.pt"
+
+    monkeypatch.setattr(pretrain, "curve_logger", real_logger)
+    pretrain.run(params, corpus, {"checkpoint": resumed})
+
+    a, b = weights(uninterrupted), weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    curves = pd.read_csv(resumed / pretrain.CURVES_FILE)
+    assert not curves.duplicated(["phase", "step"]).any()

@@ -1,0 +1,109 @@
+"""Stage `register` against the real MLflow server: tiny fine-tuned models (the real pretrain, finetune and evaluate
+stages on the tiny corpus), registered twice. First run: both models promoted to champion. Second run, with a
+worse evaluate report: champion unchanged, the new version tagged with the reason, and the champion re-scored on
+the same snapshot to exactly the numbers the evaluate stage reported for it. Then the champions served as pyfunc."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import evaluate, finetune, pretrain, register
+from components.errors import StgtError
+from components.runner import run_stage
+from stgt_model.data import ClipStore
+from tests.stages.tiny_corpus import build_corpus, tiny_params
+
+TINY_EMBED_DIM, TINY_QUERIES = 32, 4  # model preset `tiny`
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Input paths of the register stage: tiny checkpoints, their evaluate report, features and dataset (~30 s)."""
+    root = tmp_path_factory.mktemp("register")
+    paths = build_corpus(root)
+    params = tiny_params(root)
+    paths["pretrained"] = root / "pretrain"
+    pretrain.run(params, paths, {"checkpoint": paths["pretrained"]})
+    paths.update(retrieval=root / "retrieval", qa=root / "qa")
+    finetune.run(params, paths, {"retrieval": paths["retrieval"], "qa": paths["qa"]})
+    paths["report"] = root / "evaluate"
+    evaluate.run(params, paths, {"report": paths["report"]})
+    return {k: paths[k] for k in ("retrieval", "qa", "report", "features", "dataset")}
+
+
+def worse_report(report: Path, dest: Path) -> Path:
+    """A copy of the evaluate report with both gate metrics lowered (a worse config's report)."""
+    shutil.copytree(report, dest)
+    metrics = json.loads((dest / "metrics.json").read_text())
+    metrics["retrieval"]["t2v"]["R@1"] -= 10.0
+    metrics["qa"]["accuracy"] -= 1.0
+    (dest / "metrics.json").write_text(json.dumps(metrics))
+    return dest
+
+
+def test_register_promotes_then_keeps_champion_and_serves(tracked: str, client, trained: dict[str, Path],
+                                                          clean_env: Path) -> None:
+    import mlflow
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    tiny_params(clean_env, register={"model_prefix": prefix})
+    first = run_stage("register", params_path="params.yaml", inputs=trained)
+    assert json.loads(Path("reports/register.json").read_text()) == first
+    for task in ("retrieval", "qa"):
+        assert first[task]["promoted"] and first[task]["champion"] == first[task]["version"]
+        assert first[task]["reason"] == "first model: no champion to beat"
+        assert re.fullmatch(r"[0-9a-f]{32}", first[task]["eval_data_digest"])
+
+    worse = worse_report(trained["report"], clean_env / "worse_evaluate")
+    second = run_stage("register", params_path="params.yaml", inputs={**trained, "report": worse})
+    reported = json.loads((trained["report"] / "metrics.json").read_text())
+    for task, gate, champion_value in (("retrieval", "t2v.R_1", reported["retrieval"]["t2v"]["R@1"]),
+                                       ("qa", "accuracy", reported["qa"]["accuracy"])):
+        name = f"{prefix}-{task}"
+        decision = second[task]
+        assert not decision["promoted"] and decision["compared_with"] == first[task]["version"]
+        assert client.get_registered_model(name).aliases == {"champion": first[task]["version"],
+                                                             "challenger": decision["version"]}
+        tags = client.get_model_version(name, decision["version"]).tags
+        assert tags["decision"] == "rejected" and "does not beat the margin 0" in tags["reason"]
+        # Re-scored on the same snapshot with the evaluate stage's functions: exactly what evaluate reported.
+        assert float(tags[f"champion.{gate}"]) == pytest.approx(champion_value)
+        assert float(tags[f"delta.{gate}"]) == pytest.approx(-10.0 if task == "retrieval" else -1.0)
+        assert tags["eval_data_digest"] == first[task]["eval_data_digest"]
+        assert tags["gate_run_id"] == tags["source_run_id"]  # logged and gated in the register stage's run
+        run = client.get_run(tags["source_run_id"])
+        assert run.data.tags["stage"] == "register" and "mlflow.parentRunId" in run.data.tags
+
+    retrieval = mlflow.pyfunc.load_model(f"models:/{prefix}-retrieval@champion")
+    texts = retrieval.predict(pd.DataFrame({"text": ["a red circle moves", "a blue square"]}))
+    assert [len(e) for e in texts["embedding"]] == [TINY_EMBED_DIM] * 2
+    store = ClipStore(trained["features"])
+    clip = store.array(store.index["video_id"][0])
+    videos = retrieval.predict(pd.DataFrame({"video_features": [clip.astype(np.float32), clip.tolist()]}))
+    assert np.asarray(videos["embedding"][0]).shape == (TINY_QUERIES, TINY_EMBED_DIM)
+    assert np.allclose(videos["embedding"][0], videos["embedding"][1], atol=1e-3)  # fp16 store: array or lists
+    qa = mlflow.pyfunc.load_model(f"models:/{prefix}-qa@champion")
+    vocab = json.loads((trained["qa"] / finetune.VOCAB_FILE).read_text())
+    answers = qa.predict(pd.DataFrame({"video_features": [clip], "question": ["what colour is the circle?"]}))
+    assert answers["answer"][0] in vocab
+
+
+def test_register_needs_tracking(clean_env: Path, monkeypatch: pytest.MonkeyPatch, trained: dict[str, Path]) -> None:
+    monkeypatch.setenv("STGT_TRACKING", "off")
+    with pytest.raises(StgtError, match="register needs MLflow tracking"):
+        run_stage("register", inputs=trained)
+
+
+def test_serving_pins_match_the_lock() -> None:
+    lock = Path(__file__).resolve().parents[2] / "requirements" / "lock.txt"
+    pins = {line.split("==")[0].lower(): line.strip() for line in lock.read_text().splitlines() if "==" in line}
+    for requirement in register.pip_requirements():
+        name = requirement.split("==")[0]
+        assert requirement == ("torch==2.13.0" if name == "torch" else pins[name])
