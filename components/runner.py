@@ -12,6 +12,7 @@ from components import registry, tracking
 from components.atomic import write_json
 from components.config import load_params
 from components.errors import StgtError
+from stgt_model.errors import ConfigurationError
 
 
 def resolve_paths(defaults: Mapping[str, str], given: Mapping[str, str | Path] | None) -> dict[str, Path]:
@@ -41,7 +42,10 @@ def run_stage(
             raise StgtError(f"{name}: input '{key}' not found at {path}{hint}")
     with tracking.stage_run(stage, params, ins, outs) as tracker:
         started = time.perf_counter()
-        summary = stage.load().run(params, ins, outs)
+        try:
+            summary = stage.load().run(params, ins, outs)
+        except ConfigurationError as exc:  # e.g. too little data for one training step: the user's to fix
+            raise StgtError(f"{name}: {exc}") from None
         summary = {"stage": name, "seconds": round(time.perf_counter() - started, 2), **summary}
         write_json(metrics_path or stage.metrics, summary)
         tracker.log_summary(summary, metrics_path or stage.metrics)

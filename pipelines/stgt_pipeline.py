@@ -2,7 +2,10 @@
 
 Each stage's task runs the same stage function as dvc.yaml (components.kfp.stage_components); its upstream tasks
 are those producing its inputs, wired through typed artifacts. Sharded stages fan out with dsl.ParallelFor and
-are collected by a task named as the stage. The whole DAG sits in an exit handler that closes the MLflow parent run.
+are collected by a task named as the stage. A `foreach` stage (finetune) is one task per item, `<stage>-<item>`, as
+dvc.yaml's `<stage>@<item>`: each passes [item] for the stage's list param (finetune.tasks) and produces the outputs
+keyed by the item, so the items run side by side and a consumer waits for the items whose outputs it reads. The
+whole DAG sits in an exit handler that closes the MLflow parent run.
 
 Pipeline parameters: every params.yaml key as `section__key` (defaults from params.yaml), plus the cluster
 settings in CLUSTER_PARAMETERS.
@@ -22,8 +25,8 @@ from components.errors import StgtError
 from components.kfp import fanout, task_config
 from components.kfp.exit_handler import finish_run_component
 from components.kfp.params import PipelineParam
-from components.kfp.stage_components import (StageInterface, check_shardable, collect_component, producers,
-                                             shard_component, stage_component)
+from components.kfp.stage_components import (StageInterface, check_shardable, collect_component, shard_component,
+                                             stage_component)
 from components.registry import Stage
 
 PIPELINE_NAME = "stgt-pipeline"
@@ -60,18 +63,21 @@ def _signature(params: Sequence[PipelineParam]) -> inspect.Signature:
         + [inspect.Parameter(n, kind, annotation=t, default=d) for n, (t, d) in CLUSTER_PARAMETERS.items()])
 
 
-def _add_stage(iface: StageInterface, args: dict[str, Any], made_by: dict[str, tuple[Stage, str]],
-               tasks: dict[str, PipelineTask], cluster: task_config.ClusterParams) -> PipelineTask:
+def _add_stage(iface: StageInterface, args: dict[str, Any], channels: dict[str, Any],
+               cluster: task_config.ClusterParams) -> PipelineTask:
+    """Add the stage's (or foreach item's) task; `channels` maps each output path made so far to its output."""
     stage = iface.stage
-    params = {p.name: args[p.name] for p in iface.params}
+    params = iface.param_values(args)
     try:
-        inputs = {k: tasks[made_by[path][0].name].outputs[made_by[path][1]] for k, path in stage.inputs.items()}
+        inputs = {k: channels[path] for k, path in stage.inputs.items()}
     except KeyError as exc:
         raise StgtError(f"{stage.name}: listed before the stage producing its input ({exc})") from None
     if fanout.sharded_input(stage) is None:
         task = stage_component(iface)(workspace=WORKSPACE, **params, **inputs)
         return task_config.configure_stage_task(task, stage.resources, cluster,
                                                 cacheable=stage.cacheable and not iface.writes_workspace)
+    if iface.item:
+        raise StgtError(f"{stage.name}: a stage cannot be both sharded and foreach")
     # Shards and their collect write to the per-run workspace, which a later run's cache hit would not have.
     plan = fanout.plan_component()(manifest=inputs[check_shardable(iface)], num_shards=args["fanout_shards"])
     plan.set_caching_options(enable_caching=False)
@@ -86,9 +92,8 @@ def build_pipeline(params_path: str | Path = "params.yaml", stages: Sequence[Sta
                    workspace_size: str = WORKSPACE_SIZE) -> dsl.graph_component.GraphComponent:
     """The pipeline for `stages` (in dependency order), parameter defaults from `params_path`."""
     params = load_params(params_path)
-    interfaces = [StageInterface.of(s, stages, params) for s in stages]
+    interfaces = [iface for s in stages for iface in StageInterface.all_of(s, stages, params)]
     signature = _signature(tunables(interfaces))
-    made_by = producers(stages)
 
     def stgt_pipeline(*values: Any) -> None:
         args = dict(zip(signature.parameters, values))
@@ -96,9 +101,11 @@ def build_pipeline(params_path: str | Path = "params.yaml", stages: Sequence[Sta
                                             args["gpu_tolerations"])
         finish = task_config.use_secrets(finish_run_component()(), cluster).set_caching_options(False)
         with dsl.ExitHandler(finish):
-            tasks: dict[str, PipelineTask] = {}
+            channels: dict[str, Any] = {}  # output path -> the task output producing it
             for iface in interfaces:
-                tasks[iface.stage.name] = _add_stage(iface, args, made_by, tasks, cluster)
+                task = _add_stage(iface, args, channels, cluster)
+                channels.update({path: task.outputs[key] for key, path in iface.stage.outputs.items()
+                                 if key in iface.outputs})
 
     stgt_pipeline.__signature__ = signature  # type: ignore[attr-defined]
     workspace = dsl.WorkspaceConfig(

@@ -35,8 +35,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from stgt_model.errors import ConfigurationError
+
 LossFn = Callable[[nn.Module, Any], Mapping[str, Tensor]]
 LogFn = Callable[[int, dict[str, float]], None]
+
+
+class TooFewSamples(ConfigurationError):
+    """The dataset cannot fill one optimizer step: a configuration problem, not a bug."""
 
 
 class TrainConfig(BaseModel):
@@ -178,8 +184,9 @@ def _train(
     sampler = _ResumableSampler(dataset, world, rank, cfg.seed)
     steps_per_epoch = len(sampler) // (cfg.batch_size * cfg.grad_accum)
     if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(dataset)} samples make no full step of {cfg.batch_size} x {cfg.grad_accum} per rank x {world} ranks"
+        raise TooFewSamples(
+            f"{len(dataset)} training samples make no full step of batch {cfg.batch_size} x accumulation "
+            f"{cfg.grad_accum} x {world} rank(s): lower the batch size or prepare more videos"
         )
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
 

@@ -52,7 +52,7 @@ def run_local(params_path: str | Path = "params.yaml", overrides: Sequence[str] 
 
     load_params(params_path, list(overrides))  # a bad override fails here, with its key, before any task runs
     pipeline = build_pipeline(params_path, stages)
-    arguments = {**run_arguments(overrides, pipeline.component_spec.inputs), "fanout_shards": shards}
+    arguments = {**run_arguments(overrides, pipeline.component_spec.inputs, params_path), "fanout_shards": shards}
     root = Path(output_dir).resolve()
     started = time.time()
     with scratch_tmpdir(root / ".tmp"), warnings.catch_warnings():

@@ -9,11 +9,12 @@ becomes a string parameter where "" means null.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pydantic import BaseModel
 
-from components.config import Params, parse_override
+from components.config import Params, load_params, parse_override
 from components.errors import StgtError
 
 SEPARATOR = "__"
@@ -82,14 +83,28 @@ def nested(values: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def run_arguments(overrides: Iterable[str], known: Iterable[str]) -> dict[str, Any]:
-    """`--set prepare.num_videos=8` -> {"prepare__num_videos": 8}, for a pipeline taking parameters `known`."""
+def run_arguments(overrides: Iterable[str], known: Iterable[str],
+                  params_path: str | Path | None = None) -> dict[str, Any]:
+    """`--set prepare.num_videos=8` -> {"prepare__num_videos": 8}, for a pipeline taking parameters `known`.
+
+    A `<section>.preset` override (model.preset=tiny) is no parameter of its own: the preset is resolved as the
+    stages resolve it (params.yaml < preset < --set, with `params_path`) and passed as every key of its section.
+    """
     known = set(known)
     arguments: dict[str, Any] = {}
+    preset_sections: list[str] = []
     for text in overrides:
         parts, value = parse_override(text)
         name = SEPARATOR.join(parts)
-        if name not in known:
+        if name in known:
+            arguments[name] = "" if value is None else value  # KFP has no null: "" stands for it
+        elif params_path is not None and len(parts) == 2 and parts[1] == "preset":
+            preset_sections.append(parts[0])
+        else:
             raise StgtError(f"--set {text}: not a pipeline parameter (a params.yaml key of a pipeline stage)")
-        arguments[name] = "" if value is None else value  # KFP has no null: "" stands for it
+    if preset_sections:
+        resolved = load_params(params_path, list(overrides))
+        for param in pipeline_params(resolved, preset_sections):
+            if param.name in known:
+                arguments[param.name] = "" if param.default is None else param.default
     return arguments

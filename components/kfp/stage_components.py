@@ -6,6 +6,9 @@ Each is a lightweight component on the project's image whose signature is the st
   <input>: Input[T]        each input, from the upstream stage that produces its path
   summary: Output[Metrics] the stage summary; <output>: Output[T] each output; <output>_html: Output[HTML] views
 and whose body calls components.kfp.stage_task (or fanout) in the installed project.
+
+A `foreach` stage (finetune) gets one component per item, `<stage>_<item>`, as dvc.yaml's `<stage>@<item>`: the
+item narrows the list param `foreach_param` to [item] and the component has only the outputs keyed by the item.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from kfp.dsl.python_component import PythonComponent
 from components.config import Params
 from components.errors import StgtError
 from components.kfp import artifacts, codegen, fanout, images
-from components.kfp.params import PipelineParam, pipeline_params
+from components.kfp.params import PipelineParam, name_of, pipeline_params
 from components.registry import Stage
 
 RESERVED = {"workspace", "summary", "shard"}
@@ -28,6 +31,11 @@ def producers(stages: Sequence[Stage]) -> dict[str, tuple[Stage, str]]:
     return {path: (s, key) for s in stages for key, path in s.outputs.items()}
 
 
+def foreach_outputs(stage: Stage, item: str) -> dict[str, str]:
+    """The outputs a foreach item owns: those keyed by the item (every output when the stage has no items)."""
+    return {k: p for k, p in stage.outputs.items() if k == item} if item else dict(stage.outputs)
+
+
 @dataclass(frozen=True)
 class StageInterface:
     stage: Stage
@@ -36,9 +44,15 @@ class StageInterface:
     sources: dict[str, str]  # input key -> the producer's output key
     outputs: dict[str, type]
     views: tuple[str, ...]  # output keys with an HTML view
+    item: str = ""  # a foreach stage's item ("" for other stages)
+
+    @property
+    def name(self) -> str:
+        """The component (and task) name: the stage's, `<stage>_<item>` for a foreach item."""
+        return f"{self.stage.name}_{self.item}" if self.item else self.stage.name
 
     @classmethod
-    def of(cls, stage: Stage, stages: Sequence[Stage], params: Params) -> "StageInterface":
+    def of(cls, stage: Stage, stages: Sequence[Stage], params: Params, item: str = "") -> "StageInterface":
         made_by = producers(stages)
         missing = {k: p for k, p in stage.inputs.items() if p not in made_by}
         if missing:
@@ -46,13 +60,28 @@ class StageInterface:
                             "pipeline cannot supply them")
         sources = {k: made_by[p][1] for k, p in stage.inputs.items()}
         inputs = {k: artifacts.artifact_type(source) for k, source in sources.items()}
-        outputs = {k: artifacts.artifact_type(k) for k in stage.outputs}
-        views = tuple(k for k in stage.outputs if k in artifacts.HTML_VIEWS)
+        if item and not (item in stage.foreach and item in stage.outputs and stage.foreach_param):
+            raise StgtError(f"{stage.name}: foreach item {item!r} needs an output of its name and foreach_param")
+        own = foreach_outputs(stage, item)
+        outputs = {k: artifacts.artifact_type(k) for k in own}
+        views = tuple(k for k in own if k in artifacts.HTML_VIEWS)
         names = [*inputs, *outputs, *(artifacts.view_name(k) for k in views)]
         clashes = {n for n in names if names.count(n) > 1 or n in RESERVED}
         if clashes:
             raise StgtError(f"{stage.name}: input/output names {sorted(clashes)} clash in its Kubeflow component")
-        return cls(stage, pipeline_params(params, stage.params), inputs, sources, outputs, views)
+        return cls(stage, pipeline_params(params, stage.params), inputs, sources, outputs, views, item)
+
+    @classmethod
+    def all_of(cls, stage: Stage, stages: Sequence[Stage], params: Params) -> list["StageInterface"]:
+        """The stage's interface, or one per item of a foreach stage."""
+        return [cls.of(stage, stages, params, item) for item in stage.foreach or ("",)]
+
+    def param_values(self, args: dict) -> dict:
+        """This component's param arguments from the pipeline's: a foreach item passes [item] for foreach_param."""
+        values = {p.name: args[p.name] for p in self.params}
+        if self.item:
+            values[name_of(self.stage.foreach_param)] = [self.item]
+        return values
 
     @property
     def writes_workspace(self) -> bool:
@@ -89,15 +118,16 @@ def _source(name: str, doc: str, signature: list[str], module: str, function: st
 
 def stage_component(iface: StageInterface) -> PythonComponent:
     s = iface.stage
+    item = {"item": repr(iface.item)} if iface.item else {}
     source = _source(
-        s.name, s.help,
+        iface.name, f"{s.help} (item {iface.item})" if iface.item else s.help,
         ["workspace: str", *iface.param_signature(), *iface.input_signature(), *iface.output_signature()],
         "components.kfp.stage_task", "run_stage_task",
         {"stage": repr(s.name), "workspace": "workspace", "params": iface.params_argument(),
          "inputs": iface.mapping(list(iface.inputs)), "outputs": iface.mapping(list(iface.outputs)),
          "views": iface.mapping(list(iface.views), [artifacts.view_name(k) for k in iface.views]),
-         "summary": "summary"})
-    return codegen.lightweight_component(s.name, source, images.image_for(s.resources.gpus))
+         "summary": "summary", **item})
+    return codegen.lightweight_component(iface.name, source, images.image_for(s.resources.gpus))
 
 
 def shard_component(iface: StageInterface) -> PythonComponent:

@@ -39,6 +39,10 @@ def output_path(stage: registry.Stage, key: str, artifact: Artifact, workspace: 
     return workspace / stage.outputs[key] if artifacts.in_workspace(key) else Path(artifact.path)
 
 
+def item_metrics(stage: registry.Stage, item: str) -> str:
+    return f"reports/{stage.name}/{item}.json" if item else stage.metrics
+
+
 def write_params_file(stage: str, values: Mapping[str, Any], workspace: Path) -> Path:
     folder = workspace / PARAMS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,13 +70,16 @@ def run_stage_task(
     outputs: Mapping[str, Artifact],
     views: Mapping[str, HTML],
     summary: Metrics,
+    item: str = "",
 ) -> dict[str, Any]:
+    """`item`: a foreach stage's item (its params already narrow the stage to it); it gets its own metrics file,
+    reports/<stage>/<item>.json as under dvc, since the items run side by side."""
     spec = registry.get(stage)
     ws = Path(workspace)
     in_paths = {k: input_path(spec, k, a, ws) for k, a in inputs.items()}
     out_paths = {k: output_path(spec, k, a, ws) for k, a in outputs.items()}
     result = run_stage(stage, params_path=write_params_file(stage, params, ws), inputs=in_paths,
-                       outputs=out_paths, metrics_path=ws / spec.metrics)
+                       outputs=out_paths, metrics_path=ws / item_metrics(spec, item))
     publish(outputs, out_paths, views)
     artifacts.log_summary(summary, result)
     return result

@@ -42,7 +42,7 @@ def submit(host: str, namespace: str | None = None, experiment: str = "stgt", pa
 
     load_params(params_path, list(overrides))
     pipeline = build_pipeline(params_path)
-    arguments = run_arguments(overrides, pipeline.component_spec.inputs)
+    arguments = run_arguments(overrides, pipeline.component_spec.inputs, params_path)
     try:
         client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get(TOKEN_ENV))
         run = client.create_run_from_pipeline_func(pipeline, arguments=arguments, run_name=run_name,

@@ -15,7 +15,7 @@ from components import registry
 from components.config import load_params
 from components.kfp import artifacts, fanout, frame_shards
 from components.kfp.exit_handler import finish_run_component
-from components.kfp.params import name_of, nested, pipeline_params
+from components.kfp.params import name_of, nested, pipeline_params, run_arguments
 from components.kfp.stage_components import StageInterface, collect_component, shard_component, stage_component
 from components.kfp.trainjob import trainjob_component
 from components.manifest import COLUMNS, read_manifest, write_manifest
@@ -67,6 +67,28 @@ def test_generated_source_is_what_kfp_ships():
     source = inspect.getsource(component.python_func)
     assert source.startswith("def validate(") and "run_stage_task(" in source
     assert "'validate.duration_s.min': validate__duration_s__min," in source
+
+
+@pytest.mark.parametrize("stage", [s.name for s in registry.STAGES if s.foreach])
+def test_each_foreach_item_has_its_own_component_with_only_its_outputs(stage, tmp_path):
+    ifaces = StageInterface.all_of(registry.get(stage), registry.STAGES, PARAMS)
+    assert [i.item for i in ifaces] == list(registry.get(stage).foreach)
+    for iface in ifaces:
+        spec = compile_alone(stage_component(iface), tmp_path)
+        assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {iface.item, "summary"}
+        assert iface.param_values({p.name: p.default for p in iface.params})[
+            name_of(iface.stage.foreach_param)] == [iface.item]
+        assert f"item={iface.item!r}" in inspect.getsource(stage_component(iface).python_func)
+
+
+def test_a_preset_override_is_passed_as_every_key_of_its_section():
+    known = [p.name for p in pipeline_params(PARAMS, ["prepare", "model"])]
+    arguments = run_arguments(["model.preset=tiny", "prepare.num_videos=6"], known, REPO_ROOT / "params.yaml")
+    tiny = load_params(REPO_ROOT / "params.yaml", ["model.preset=tiny"])
+    assert arguments == {"prepare__num_videos": 6,
+                         **{p.name: p.default for p in pipeline_params(tiny, ["model"])}}
+    with pytest.raises(Exception, match="not a pipeline parameter"):
+        run_arguments(["model.preset=tiny"], known)  # no params file to resolve it against
 
 
 def test_params_flatten_to_typed_section_keys_and_nest_back():

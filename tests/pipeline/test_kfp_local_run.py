@@ -8,31 +8,48 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components import registry
 from components.manifest import read_manifest
 from tests.conftest import REPO_ROOT
 
 TINY = ["prepare.num_videos=6", "prepare.frames_per_video=8", "prepare.width=32", "prepare.height=32",
-        "extract_frames.num_frames=4", "extract_frames.size=32", "extract_frames.workers=1"]
+        "extract_frames.num_frames=4", "extract_frames.size=32", "extract_frames.workers=1",
+        *(f"{phase}.{key}={value}" for phase in (
+            "pretrain.stage1", "pretrain.stage2", "finetune.retrieval", "finetune.qa")
+            for key, value in (("steps", 1), ("batch_size", 2))), "evaluate.k_test=2", "model.preset=tiny"]
+
+
+def tiny_params(tmp_path: Path) -> Path:
+    """params.yaml with the model section reduced to the tiny preset (the shipped keys override a preset's)."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["model"] = {"preset": "tiny"}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
 
 
 def outputs_of(task_dir: Path) -> dict:
     return json.loads((task_dir / "executor_output.json").read_text())["artifacts"]
 
 
-@pytest.mark.slow  # about 90 s on 2 cores: every task is a fresh Python process importing its stage
+@pytest.mark.slow  # about 2 min on 2 cores: every task is a fresh Python process importing its stage
 def test_run_local_runs_every_stage_and_publishes_typed_artifacts(tmp_path):
-    env = {**os.environ, "STGT_TRACKING": "off", "TMPDIR": str(tmp_path)}  # tracking has its own tests
+    # Tracking on, into a SQLite store of this test: register logs and registers the models there.
+    env = {**os.environ, "TMPDIR": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "MLFLOW_EXPERIMENT_NAME": "stgt-local-run-test"}
+    env.pop("STGT_TRACKING", None)
     args = [a for kv in TINY for a in ("--set", kv)]
     proc = subprocess.run(
-        [sys.executable, "-m", "components.cli", "pipeline", "run-local", "--params", str(REPO_ROOT / "params.yaml"),
+        [sys.executable, "-m", "components.cli", "pipeline", "run-local", "--params", str(tiny_params(tmp_path)),
          "--output-dir", str(tmp_path / "out"), "--shards", "2", *args],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((tmp_path / "out").glob("stgt-pipeline-*"))
     tasks = {p.name for p in run.iterdir()}
-    assert {s.name.replace("_", "-") for s in registry.STAGES} | {"finish-run"} <= tasks
+    expected = {f"{s.name}-{item}" if item else s.name for s in registry.STAGES for item in (s.foreach or ("",))}
+    assert {t.replace("_", "-") for t in expected} | {"finish-run"} <= tasks
 
     manifest = read_manifest(run / "prepare" / "dataset")  # the Dataset artifact is the manifest dataset
     assert len(manifest.table) > 0 and (run / "validate" / "report_html").read_text().lstrip().startswith("<")
@@ -41,4 +58,20 @@ def test_run_local_runs_every_stage_and_publishes_typed_artifacts(tmp_path):
     assert summary["shards"] == 2 and summary["extracted"] + summary["quarantined"] == len(manifest.table)
     pointer = json.loads((run / "extract-frames" / "frames").read_text())
     assert "index.parquet" in {f["path"] for f in pointer["files"]}
+
+    # One finetune task per task, each training only its own (finetune.tasks narrowed to it).
+    for task in registry.get("finetune").foreach:
+        pointer = json.loads((run / f"finetune-{task}" / task).read_text())
+        assert pointer["workspace_path"].endswith(registry.get("finetune").outputs[task]) and pointer["files"]
+    metrics = json.loads((run / "evaluate" / "report" / "metrics.json").read_text())  # the Artifact is the folder
+    assert "R@1" in json.dumps(metrics["retrieval"])
+
+    import mlflow  # noqa: PLC0415 - slow to import, needed here only
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    register = outputs_of(run / "register")["summary"]["artifacts"][0]["metadata"]
+    for task in yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["register"]["models"]:
+        name = f"stgt-{task}"
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # the first version is promoted
+        assert register[f"{task}.promoted"] == 1.0
     assert not (tmp_path / "out" / ".tmp").exists()  # kfp.local's per-task temp folders are cleaned up

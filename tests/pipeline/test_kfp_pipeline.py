@@ -36,27 +36,46 @@ def all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: task for dag in dags for name, task in dag["tasks"].items()}
 
 
+def units(stages: Iterable[Stage] = registry.STAGES) -> dict[str, tuple[Stage, str]]:
+    """dvc.yaml stage name -> (registry stage, item): a foreach stage is one unit per item, `finetune@qa`."""
+    return {f"{s.name}@{i}" if i else s.name: (s, i) for s in stages for i in (s.foreach or ("",))}
+
+
+def task_name(unit: str) -> str:
+    """The pipeline task of a dvc.yaml stage: `extract_frames` -> extract-frames, `finetune@qa` -> finetune-qa."""
+    return unit.replace("@", "-").replace("_", "-")
+
+
 def stage_tasks(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, dict[str, Any]]:
-    wanted = set(stages)
-    return {n.replace("-", "_"): t for n, t in all_tasks(spec).items() if n.replace("-", "_") in wanted}
+    """dvc.yaml stage name (a registry stage's, or `<stage>@<item>`) -> its task."""
+    tasks = all_tasks(spec)
+    return {unit: tasks[task_name(unit)] for unit in stages if task_name(unit) in tasks}
 
 
 def stage_upstream(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, set[str]]:
     """Stage -> the stages it depends on directly, walking through helper tasks (shard plans, loops)."""
     tasks = all_tasks(spec)
-    names = {n for n in tasks if n.replace("-", "_") in set(stages)}
+    unit_of = {task_name(u): u for u in stages if task_name(u) in tasks}
 
     def upstream(task: str, seen: set[str]) -> set[str]:
         found: set[str] = set()
         for dep in tasks[task].get("dependentTasks", []):
-            if dep in names:
-                found.add(dep.replace("-", "_"))
+            if dep in unit_of:
+                found.add(unit_of[dep])
             elif dep not in seen:
                 seen.add(dep)
                 found |= upstream(dep, seen)
         return found
 
-    return {n.replace("-", "_"): upstream(n, set()) for n in names}
+    return {unit: upstream(task, set()) for task, unit in unit_of.items()}
+
+
+def registry_upstream(stages: Iterable[Stage] = registry.STAGES) -> dict[str, set[str]]:
+    """Each unit's producers per the registry: a foreach item produces the outputs keyed by its item."""
+    stages = list(stages)
+    made_by = {path: f"{s.name}@{key}" if key in s.foreach else s.name for s in stages
+               for key, path in s.outputs.items()}
+    return {unit: {made_by[p] for p in s.inputs.values()} for unit, (s, _) in units(stages).items()}
 
 
 def param_sections(spec: dict[str, Any], task: dict[str, Any]) -> set[str]:
@@ -84,6 +103,10 @@ def with_gpu_stage(tmp_path_factory) -> tuple[dict[str, Any], dict[str, Any]]:
 def dvc_upstream() -> tuple[list[str], dict[str, set[str]], dict[str, set[str]]]:
     """dvc.yaml's stage order, each stage's producing stages, and its params sections."""
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    # A foreach stage is rendered by DVC as one stage per item, `<stage>@<item>`, as the pipeline has one task each.
+    stages = {unit: entry for name, s in stages.items() for unit, entry in (
+        [(f"{name}@{item}", yaml.safe_load(yaml.safe_dump(s["do"]).replace("${item}", item))) for item in s["foreach"]]
+        if "foreach" in s else [(name, s)])}
     made_by = {out: name for name, s in stages.items() for out in s.get("outs", [])}
     upstream = {name: {made_by[d] for d in s.get("deps", []) if d in made_by} for name, s in stages.items()}
     params = {name: {p.split(".")[0] if isinstance(p, str) else next(iter(p)) for p in s.get("params", [])}
@@ -94,15 +117,19 @@ def dvc_upstream() -> tuple[list[str], dict[str, set[str]], dict[str, set[str]]]
 # -- one source of truth ------------------------------------------------------------------------------------------
 def test_every_registry_stage_is_a_task_with_the_registry_dependencies(compiled):
     spec, _ = compiled
-    names = [s.name for s in registry.STAGES]
+    names = list(units())
     assert set(stage_tasks(spec, names)) == set(names)
-    assert stage_upstream(spec, names) == {s.name: set(s.upstream) for s in registry.STAGES}
+    assert stage_upstream(spec, names) == registry_upstream()
+    # Merging a foreach stage's items gives back the registry's stage-level dependencies.
+    merged = {s.name: {u.split("@")[0] for unit in units([s]) for u in registry_upstream()[unit]}
+              for s in registry.STAGES}
+    assert merged == {s.name: set(s.upstream) for s in registry.STAGES}
 
 
 def test_dvc_yaml_and_pipeline_have_the_same_stages_order_dependencies_and_params(compiled):
     spec, _ = compiled
     dvc_order, dvc_deps, dvc_params = dvc_upstream()
-    assert dvc_order == [s.name for s in registry.STAGES]
+    assert dvc_order == list(units())
     assert stage_upstream(spec, dvc_order) == dvc_deps
     tasks = stage_tasks(spec, dvc_order)
     assert {name: param_sections(spec, t) for name, t in tasks.items()} == dvc_params
@@ -118,7 +145,7 @@ def test_checked_in_compiled_pipeline_is_current(tmp_path, monkeypatch):
 def test_pipeline_parameters_mirror_params_yaml_keys(compiled):
     spec, _ = compiled
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert inputs["prepare__num_videos"]["defaultValue"] == 120
+    assert inputs["prepare__num_videos"]["defaultValue"] == yaml.safe_load(PARAMS.read_text())["prepare"]["num_videos"]
     assert inputs["validate__duration_s__min"]["parameterType"] == "NUMBER_DOUBLE"
     assert inputs["prepare__folder__root"]["defaultValue"] == ""  # null -> "" (KFP has no null)
     assert {"fanout_shards", "mlflow_secret", "s3_secret", "gpu_node_selector", "gpu_tolerations"} <= set(inputs)
@@ -143,12 +170,50 @@ def test_gpu_stage_requests_gpus_cpu_memory_shm_and_placement(with_gpu_stage):
 
 def test_cpu_stages_get_registry_resources_and_no_gpu(compiled):
     spec, executors = compiled
-    for stage in registry.STAGES:
-        label = executor_of(spec, stage_tasks(spec, [stage.name])[stage.name])
+    cpu_units = [u for u, (s, _) in units().items() if not s.resources.gpus]
+    assert cpu_units  # the registry decides which stages are GPU stages (pretrain, finetune, evaluate)
+    for unit in cpu_units:
+        stage = units()[unit][0]
+        label = executor_of(spec, stage_tasks(spec, [unit])[unit])
         container = spec["deploymentSpec"]["executors"][label]["container"]
         assert "accelerator" not in container["resources"]
         assert container["resources"]["resourceMemoryRequest"] == stage.resources.memory
         assert "stgt-cpu" in container["image"] and "nodeSelector" not in executors[label]
+
+
+def test_registry_gpu_stages_request_their_gpus_on_the_cuda_image(compiled):
+    spec, executors = compiled
+    gpu_units = {u: s for u, (s, _) in units().items() if s.resources.gpus}
+    for unit, stage in gpu_units.items():  # every item of a foreach GPU stage included
+        label = executor_of(spec, stage_tasks(spec, [unit])[unit])
+        resources = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
+        assert resources["accelerator"]["resourceCount"] == str(stage.resources.gpus), unit
+        assert (resources["resourceCpuLimit"], resources["resourceMemoryLimit"]) == (stage.resources.cpu,
+                                                                                      stage.resources.memory)
+        assert "stgt-cuda" in spec["deploymentSpec"]["executors"][label]["container"]["image"]
+        assert executors[label]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+
+
+def test_foreach_stage_is_one_task_per_item_narrowing_its_list_param(compiled):
+    spec, _ = compiled
+    foreach = [s for s in registry.STAGES if s.foreach]
+    assert foreach  # finetune: one task per task (retrieval, qa), as dvc.yaml's finetune@retrieval, finetune@qa
+    tasks = all_tasks(spec)
+    for stage in foreach:
+        assert task_name(stage.name) not in tasks  # no task runs every item
+        narrowed = stage.foreach_param.replace(".", SEPARATOR)
+        for item in stage.foreach:
+            task = tasks[task_name(f"{stage.name}@{item}")]
+            assert task["inputs"]["parameters"][narrowed] == {"runtimeValue": {"constant": [item]}}
+            outputs = spec["components"][task["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
+            assert set(outputs) == {item, "summary"}  # only the outputs keyed by its item
+        # Consumers wait for the items whose outputs they read (evaluate and register: all of them).
+        for consumer in registry.STAGES:
+            read = {item for item in stage.foreach if stage.outputs[item] in consumer.inputs.values()}
+            for unit in units([consumer]):
+                deps = set(tasks[task_name(unit)].get("dependentTasks", []))
+                assert {task_name(f"{stage.name}@{i}") for i in stage.foreach} & deps == {
+                    task_name(f"{stage.name}@{i}") for i in read}, unit
 
 
 def test_secrets_are_env_on_every_stage_shard_and_exit_task(compiled):
@@ -171,6 +236,9 @@ def test_caching_follows_registry_and_is_off_for_workspace_writers_and_mutable_s
     assert not enabled["extract-frames"] and not enabled["extract-frames-shard"]  # per-run workspace
     assert not enabled["fake-train"]  # registry: cacheable=False
     assert not enabled["finish-run"]
+    for unit, (stage, _) in units().items():
+        if not stage.cacheable:  # register: the MLflow registry is state outside the pipeline
+            assert not enabled[task_name(unit)], unit
 
 
 def test_sharded_stage_fans_out_over_a_plan_and_is_collected(compiled):

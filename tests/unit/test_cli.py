@@ -56,3 +56,17 @@ def test_import_checkpoint_is_dispatched_with_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "absent.pth" in err[0]
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_configuration_errors_from_the_library_become_one_line(tmp_path, monkeypatch, capsys):
+    from components import prepare
+    from stgt_model.engine import TooFewSamples
+
+    def too_small(params, inputs, outputs):
+        raise TooFewSamples("6 training samples make no full step of batch 16")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(prepare, "run", too_small)
+    assert main(["prepare"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: prepare: 6 training samples make no full step of batch 16"
