@@ -92,6 +92,7 @@ def silent_server():
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
+@pytest.mark.timeout(60)  # a hang is the failure this guards against; speed itself belongs in bench/
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_unreachable_server_fails_fast_naming_the_uri(clean_env, monkeypatch, kind, silent_server):
     from tests.tracking.conftest import free_port
@@ -108,7 +109,6 @@ def test_unreachable_server_fails_fast_naming_the_uri(clean_env, monkeypatch, ki
     shown = tracking.redact(uri)
     assert str(exc.value).startswith(f"MLflow tracking server at {shown} is unreachable: ")
     assert "pw" not in str(exc.value)
-    assert elapsed < 30  # a hang guard, not a benchmark
 
 
 def test_stage_logs_step_metrics_and_system_metrics_when_it_trains(tracked, client, monkeypatch):

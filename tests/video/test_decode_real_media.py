@@ -1,5 +1,5 @@
 """Every real clip in ../shared/real-media/videos is decoded to T frames in display orientation, or refused with a
-reason. Expected sizes and decoders come from /work/shared/real-media/SOURCES.md and the decoder facts measured
+reason. Expected sizes and decoders come from ../shared/real-media/SOURCES.md and the decoder facts measured
 in mlops-reference.md Part B §2 (decord cannot read AV1, VP9 without duration, or H.264 in a .webm)."""
 from pathlib import Path
 
