@@ -6,7 +6,7 @@
   (§4.3, §7.11); questions whose answer is outside the vocabulary carry no training signal.
 
 dvc.yaml runs each task as its own `foreach` item (`--set finetune.tasks=[<task>]`), so one task's params or
-code can change without re-training the other; the Kubeflow pipeline runs them in one task. Each task's output
+code can change without re-training the other; the Kubeflow pipeline runs one task per item too. Each task's output
 folder (written whole; resumable checkpoints in `<folder>.work/` meanwhile, see components/pretrain.py):
   model.pt, curves.csv, config.resolved.yaml    and, for qa, ans2label.json (the answer vocabulary)
   or only skipped.json when the corpus has nothing for the task (no captions, or no QA pairs)

@@ -1,4 +1,4 @@
-"""The stage registry: the one description of the pipeline from which dvc.yaml (and later the Kubeflow DAG) is built.
+"""The stage registry: the one description of the pipeline from which dvc.yaml and the Kubeflow DAG are built.
 
 Each stage names its module (holding `run(params, inputs, outputs) -> summary`), its params sections, its input
 and output paths, its metrics file, and whether its result may be cached.
@@ -36,7 +36,8 @@ class Stage:
     cacheable: bool = True
     resources: Resources = Resources()
     # DVC `foreach`: one dvc.yaml stage per item, each narrowing the list param `foreach_param` to its item and
-    # owning the outputs whose key is the item. Other runners (CLI default, Kubeflow) do every item in one run.
+    # owning the outputs whose key is the item; Kubeflow likewise runs one task per item. The plain CLI does every
+    # item in one run.
     foreach: tuple[str, ...] = ()
     foreach_param: str | None = None
     # Files inside the outputs that DVC shows as metrics / plots (dvc.yaml top level: no extra outputs).
