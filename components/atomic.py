@@ -58,6 +58,21 @@ def atomic_file(target: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     _replace(tmp, target)
 
 
+def failed_dir(target: str | os.PathLike) -> Path:
+    """Where a stage whose gate failed leaves its reports: beside the output it did not replace."""
+    target = Path(target)
+    return target.with_name(f"{target.name}.failed")
+
+
+def keep_evidence(tmp: Path, failed: Path, names: list[str]) -> None:
+    """Copy the named reports of a failed run from its temporary output into `failed` (replacing older ones)."""
+    shutil.rmtree(failed, ignore_errors=True)
+    failed.mkdir(parents=True)
+    for name in names:
+        if (tmp / name).exists():
+            shutil.copyfile(tmp / name, failed / name)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_file(path) as fh:
         json.dump(obj, fh, indent=2, sort_keys=True, default=str)

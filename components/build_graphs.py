@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from components.atomic import atomic_dir, write_json
+from components.atomic import atomic_dir, failed_dir, keep_evidence, write_json
 from components.config import BuildGraphsConfig, Params, write_resolved
 from components.errors import StageFailed, StgtError
 from components.gx import validate_dataframe
@@ -63,14 +63,14 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
     check_in_manifest(frames_index, inputs["dataset"])
     shard_shapes = check_frame_shards(frames_dir, frames_index)
     reason = frames_only_reason(cfg, params)
-    failed_dir = out_dir.with_name(f"{out_dir.name}.failed")
+    failed = failed_dir(out_dir)
     with atomic_dir(out_dir) as tmp:
         write_resolved(params, SECTIONS, tmp / "config.resolved.yaml")
         if reason:
             summary = write_frames_only(frames_dir, frames_index, shard_shapes, out_dir, tmp, reason)
         else:
-            summary = write_features_and_graphs(params, frames_dir, frames_index, tmp, failed_dir)
-    shutil.rmtree(failed_dir, ignore_errors=True)
+            summary = write_features_and_graphs(params, frames_dir, frames_index, tmp, failed)
+    shutil.rmtree(failed, ignore_errors=True)
     return summary
 
 
@@ -148,7 +148,7 @@ def build_frozen_backbone(params: Params, device: torch.device) -> VisionBackbon
 
 
 def write_features_and_graphs(params: Params, frames_dir: Path, frames_index: pd.DataFrame, tmp: Path,
-                              failed_dir: Path) -> dict[str, Any]:
+                              failed: Path) -> dict[str, Any]:
     cfg: BuildGraphsConfig = params.section("build_graphs")
     threshold = cfg.sim_threshold if cfg.sim_threshold is not None else params.model.stgt.sim_threshold
     device = resolve_device(cfg.device)
@@ -191,7 +191,7 @@ def write_features_and_graphs(params: Params, frames_dir: Path, frames_index: pd
     stats.to_parquet(tmp / "graph_stats.parquet", index=False)
     write_readme(tmp, FEATURES_README)
     first = index_rows[0]
-    gate_graphs(stats, cfg, first["num_frames"], first["tokens"] - 1, tmp, failed_dir)
+    gate_graphs(stats, cfg, first["num_frames"], first["tokens"] - 1, tmp, failed)
     return {
         "mode": "cached",
         "clips": len(index_rows),
@@ -252,7 +252,7 @@ def clip_edges(graphs_file: str | Path, offset: int) -> tuple[np.ndarray, np.nda
 
 
 def gate_graphs(stats: pd.DataFrame, cfg: BuildGraphsConfig, num_frames: int, patches_per_frame: int, tmp: Path,
-                failed_dir: Path) -> None:
+                failed: Path) -> None:
     # A node's neighbours all lie in its frame window (self loop included), which bounds the mean degree.
     nodes_per_window = min(2 * GRAPH_WINDOW + 1, num_frames) * patches_per_frame
     suite = validate_dataframe(stats, suite="graphs",
@@ -262,11 +262,9 @@ def gate_graphs(stats: pd.DataFrame, cfg: BuildGraphsConfig, num_frames: int, pa
                                title=f"Token graphs ({len(stats)} clips, {num_frames}x{patches_per_frame} nodes)")
     write_json(tmp / "graphs_suite.json", suite.as_dict())
     if not suite.success:
-        from components.extract_frames import keep_evidence  # here: that module imports the video decoders
-
-        keep_evidence(tmp, failed_dir, ["graphs_suite.html", "graphs_suite.json", "graph_stats.parquet"])
+        keep_evidence(tmp, failed, ["graphs_suite.html", "graphs_suite.json", "graph_stats.parquet"])
         lines = "\n".join(f"- {s}" for s in suite.summary)
-        raise StageFailed(f"build_graphs: graphs suite failed; report: {failed_dir / 'graphs_suite.html'}\n{lines}")
+        raise StageFailed(f"build_graphs: graphs suite failed; report: {failed / 'graphs_suite.html'}\n{lines}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from components.atomic import atomic_dir, write_json
+from components.atomic import atomic_dir, failed_dir, keep_evidence, write_json
 from components.config import ExtractFramesConfig, Params, write_resolved
 from components.errors import StageFailed
 from components.gx import validate_dataframe
@@ -46,7 +46,7 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
         raise StageFailed(f"extract_frames: the manifest in {inputs['dataset']} lists no videos")
     requests = clip_requests(manifest, cfg)
     frames_dir = outputs["frames"]
-    failed_dir = frames_dir.with_name(f"{frames_dir.name}.failed")
+    failed = failed_dir(frames_dir)
     started = time.perf_counter()
 
     with atomic_dir(frames_dir) as tmp:
@@ -78,11 +78,11 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
             raise RuntimeError(f"extract_frames: videos in ({n_in}) != extracted ({n_ok}) + quarantined ({n_bad})")
         write_json(tmp / "quarantine.json", quarantine)
         if n_bad / n_in > cfg.max_failed_share:
-            keep_evidence(tmp, failed_dir, ["quarantine.json"])
+            keep_evidence(tmp, failed, ["quarantine.json"])
             reasons = "\n".join(f"- {q['video_id']} ({q['path']}): {q['reason']}" for q in quarantine[:REASONS_SHOWN])
             raise StageFailed(
                 f"extract_frames: {n_bad} of {n_in} videos quarantined ({n_bad / n_in:.1%}), above max_failed_share "
-                f"{cfg.max_failed_share:.1%}; full list: {failed_dir / 'quarantine.json'}\n{reasons}")
+                f"{cfg.max_failed_share:.1%}; full list: {failed / 'quarantine.json'}\n{reasons}")
 
         pd.DataFrame(index_rows, columns=INDEX_COLUMNS).to_parquet(tmp / "index.parquet", index=False)
         write_resolved(params, ["extract_frames"], tmp / "config.resolved.yaml")
@@ -92,11 +92,11 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
                                    title=f"Frame shards ({n_ok} clips, {cfg.num_frames}x{cfg.size}px)")
         write_json(tmp / "frames_suite.json", suite.as_dict())
         if not suite.success:
-            keep_evidence(tmp, failed_dir, ["frames_suite.html", "frames_suite.json", "quarantine.json"])
+            keep_evidence(tmp, failed, ["frames_suite.html", "frames_suite.json", "quarantine.json"])
             lines = "\n".join(f"- {s}" for s in suite.summary)
             raise StageFailed(
-                f"extract_frames: frames suite failed; report: {failed_dir / 'frames_suite.html'}\n{lines}")
-    shutil.rmtree(failed_dir, ignore_errors=True)
+                f"extract_frames: frames suite failed; report: {failed / 'frames_suite.html'}\n{lines}")
+    shutil.rmtree(failed, ignore_errors=True)
 
     extracted_ids = {r["video_id"] for r in index_rows}
     by_split: dict[str, dict[str, int]] = {}
@@ -202,12 +202,3 @@ class ShardWriter:
 
     def close(self) -> None:
         self.flush()
-
-
-def keep_evidence(tmp: Path, failed_dir: Path, names: list[str]) -> None:
-    """Copy the reports of a failed run beside the (unchanged) output, as the validate stage does."""
-    shutil.rmtree(failed_dir, ignore_errors=True)  # no report left over from an earlier failure
-    failed_dir.mkdir(parents=True)
-    for name in names:
-        if (tmp / name).exists():
-            shutil.copyfile(tmp / name, failed_dir / name)

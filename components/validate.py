@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.atomic import atomic_dir, write_json
+from components.atomic import atomic_dir, failed_dir, keep_evidence, write_json
 from components.config import Params, write_resolved
 from components.errors import StageFailed
 from components.gx import validate_dataframe
@@ -58,15 +58,12 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
         write_json(tmp / "result.json", result.as_dict())
         write_resolved(params, ["validate"], tmp / "config.resolved.yaml")
         if not result.success:
-            # Keep the evidence beside the (unchanged) output so the user can open the report.
-            failed = report_dir.with_name(f"{report_dir.name}.failed")
-            failed.mkdir(parents=True, exist_ok=True)
-            for name in ("report.html", "result.json"):
-                (failed / name).write_bytes((tmp / name).read_bytes())
+            failed = failed_dir(report_dir)  # the evidence, beside the (unchanged) output
+            keep_evidence(tmp, failed, ["report.html", "result.json"])
             lines = "\n".join(f"- {s}" for s in result.summary)
             raise StageFailed(f"validate: manifest suite failed ({len(result.summary)} expectation(s)); "
                               f"report: {failed / 'report.html'}\n{lines}")
-    shutil.rmtree(report_dir.with_name(f"{report_dir.name}.failed"), ignore_errors=True)
+    shutil.rmtree(failed_dir(report_dir), ignore_errors=True)
     return {
         "videos": int(len(checks)),
         "success": result.success,
