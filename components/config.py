@@ -28,7 +28,8 @@ class Section(BaseModel):
 class FolderSource(Section):
     """A user's own videos: a directory plus a captions file (JSONL or CSV)."""
 
-    root: str | None = Field(None, description="directory holding the videos (paths in the captions file are relative to it)")
+    root: str | None = Field(None, description="directory or s3://bucket/prefix holding the videos (paths in the captions "
+                                                "file are relative to it; with s3:// the captions file is local)")
     captions: str | None = Field(None, description="captions file: .jsonl or .csv with video, caption(s), optional split, question, answer")
     default_split: Literal["train", "val", "test"] = "train"
 
@@ -49,8 +50,9 @@ class BenchmarkSplit(Section):
 class BenchmarkSource(Section):
     """A standard benchmark read from its published annotation files (components/sources/benchmarks)."""
 
-    root: str | None = Field(None, description="the videos: a local directory, searched recursively (s3:// roots are "
-                                                "listed but refused until the manifest stores URL roots)")
+    root: str | None = Field(None, description="the videos: a local directory, searched recursively, or s3://bucket/prefix "
+                                                "(listed once; each video is downloaded to a temporary file to be probed "
+                                                "and decoded; credentials and endpoint from AWS_* variables, as for DVC)")
     annotations_dir: str | None = Field(None, description="relative annotation paths are resolved against it")
     splits: dict[SplitName, BenchmarkSplit] = {}
     captions_db: str | None = Field(None, description="captions for splits given only as id lists "

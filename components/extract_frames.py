@@ -8,7 +8,8 @@ Output folder (written whole or not at all):
   frames_suite.html/.json  the Great Expectations gate on per-clip statistics
   config.resolved.yaml
 Train clips are sampled with `train_sampling`, all other splits with `eval_sampling`; the random modes draw from
-a generator seeded by (seed, video_id), so a re-run gives the same bytes.
+a generator seeded by (seed, video_id), so a re-run gives the same bytes. Videos under a URL root (s3://) are
+downloaded one by one to temporary files and decoded from there (components/remote_media.py).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from components.config import ExtractFramesConfig, Params, write_resolved
 from components.errors import StageFailed
 from components.gx import validate_dataframe
 from components.manifest import Manifest, read_manifest
-from stgt_model.video.decode import ClipFailure, ClipRequest, DecodedClip, read_clips
+from components.remote_media import read_clips_fetched
+from stgt_model.video.decode import ClipFailure, ClipRequest, DecodedClip
 
 BLANK_PIXEL_STD = 1.0  # below this a clip is one flat colour (a failed decode often gives grey or black)
 REASONS_SHOWN = 5
@@ -54,7 +56,7 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
         index_rows: list[dict[str, Any]] = []
         quarantine: list[dict[str, str]] = []
         stats_rows: list[dict[str, Any]] = []
-        results = read_clips(requests, cfg.workers, cfg.timeout_s)
+        results = read_clips_fetched(requests, cfg.workers, cfg.timeout_s)
         for position, result in tqdm(results, total=len(requests), desc="extract_frames", unit="clip",
                                      file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30):
             row = table.iloc[position]

@@ -2,6 +2,7 @@
 
 Paths are relative to the data root, and the data root is stored in the file's metadata relative to the
 manifest's own folder when it lies inside it, so a prepared dataset can be moved or pulled elsewhere as a whole.
+A data root may also be a URL (s3://bucket/prefix), kept as given; see components/remote_media.py.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.errors import StgtError
+from components.remote_media import is_remote, join
 
 SCHEMA_VERSION = "1"
 MANIFEST_NAME = "manifest.parquet"
@@ -44,24 +46,28 @@ COLUMNS = [f.name for f in SCHEMA]
 @dataclass
 class Manifest:
     table: pd.DataFrame
-    data_root: Path  # absolute or relative to the current directory
+    data_root: Path | str  # a folder (absolute or relative to the current directory), or a URL string
     source: str
 
-    def video_path(self, row: Any) -> Path:
-        return self.data_root / row["path"]
+    def video_path(self, row: Any) -> Path | str:
+        return join(self.data_root, row["path"]) if isinstance(self.data_root, str) else self.data_root / row["path"]
 
 
 class ManifestWriter:
     """Write the manifest in Parquet row groups, so web-scale corpora (WebVid-10M) never sit in memory at once."""
 
-    def __init__(self, out_dir: Path, data_root: Path, source: str, extra: dict | None = None,
+    def __init__(self, out_dir: Path, data_root: Path | str, source: str, extra: dict | None = None,
                  batch_rows: int = 10_000):
-        root = Path(os.path.relpath(Path(data_root).resolve(), Path(out_dir).resolve()))
-        if root.parts and root.parts[0] == "..":
-            root = Path(data_root).resolve()  # outside the dataset folder: keep absolute
+        if is_remote(data_root):
+            root = str(data_root).rstrip("/")
+        else:
+            rel = Path(os.path.relpath(Path(data_root).resolve(), Path(out_dir).resolve()))
+            if rel.parts and rel.parts[0] == "..":
+                rel = Path(data_root).resolve()  # outside the dataset folder: keep absolute
+            root = rel.as_posix()
         meta = {
             b"stgt.schema_version": SCHEMA_VERSION.encode(),
-            b"stgt.data_root": root.as_posix().encode(),
+            b"stgt.data_root": root.encode(),
             b"stgt.source": source.encode(),
             b"stgt.extra": json.dumps(extra or {}, sort_keys=True).encode(),
         }
@@ -96,7 +102,7 @@ class ManifestWriter:
         self.close()
 
 
-def write_manifest(df: pd.DataFrame, out_dir: Path, data_root: Path, source: str, extra: dict | None = None) -> Path:
+def write_manifest(df: pd.DataFrame, out_dir: Path, data_root: Path | str, source: str, extra: dict | None = None) -> Path:
     """Write `df` as out_dir/manifest.parquet. `data_root` is stored relative to out_dir when possible."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
@@ -119,7 +125,8 @@ def read_manifest(dataset_dir: str | Path) -> Manifest:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise StgtError(f"{path}: manifest lacks columns {missing}")
-    root = Path(meta.get("stgt.data_root", "."))
-    if not root.is_absolute():
+    stored = meta.get("stgt.data_root", ".")
+    root: Path | str = stored if is_remote(stored) else Path(stored)
+    if isinstance(root, Path) and not root.is_absolute():
         root = path.parent / root
     return Manifest(table=table.to_pandas(), data_root=root, source=meta.get("stgt.source", "unknown"))

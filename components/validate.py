@@ -13,9 +13,10 @@ import pandas as pd
 
 from components.atomic import atomic_dir, failed_dir, keep_evidence, write_json
 from components.config import Params, write_resolved
-from components.errors import StageFailed
+from components.errors import StageFailed, StgtError
 from components.gx import validate_dataframe
 from components.manifest import Manifest, read_manifest
+from components.remote_media import RemoteError, list_files
 
 
 def manifest_checks(manifest: Manifest) -> pd.DataFrame:
@@ -30,13 +31,26 @@ def manifest_checks(manifest: Manifest) -> pd.DataFrame:
         # A QA-only benchmark (MSVD-QA) has questions instead of captions: every video needs some text.
         "num_texts": captions.map(len) + df["qa"].map(lambda q: 0 if q is None else len(q)),
         "shortest_caption_chars": captions.map(lambda c: min((len(s.strip()) for s in c), default=None)),
-        "file_exists": df["path"].map(lambda p: (manifest.data_root / p).is_file()),
+        "file_exists": files_exist(manifest),
         "splits_sharing_content": df["sha256"].map(splits_per_content).fillna(1).astype(int),
         "duration": df["duration"],
         "fps": df["fps"],
         "width": df["width"],
         "height": df["height"],
     })
+
+
+def files_exist(manifest: Manifest) -> pd.Series:
+    """Whether each row's video is there; under a URL root, from one listing (not a request per video)."""
+    paths = manifest.table["path"]
+    root = manifest.data_root
+    if isinstance(root, str):
+        try:
+            present = set(list_files(root))
+        except RemoteError as exc:
+            raise StgtError(f"validate: cannot list the manifest's data root {root} ({exc.reason})") from None
+        return paths.isin(present)
+    return paths.map(lambda p: (root / p).is_file())
 
 
 def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""Shared test set-up: offline, quiet tools, hermetic temp dirs, paths to the shared real media."""
+"""Shared test set-up: offline, quiet tools, hermetic temp dirs, paths to the shared real media, an S3 endpoint."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -23,3 +24,29 @@ def real_media() -> Path:
     if not REAL_MEDIA.is_dir():
         pytest.skip(f"real media not found at {REAL_MEDIA} (it lies beside the checkout as ../shared/real-media)")
     return REAL_MEDIA
+
+
+@pytest.fixture
+def s3(monkeypatch) -> Iterator[Any]:
+    """moto's S3 server on loopback, in this process, with the AWS_* variables (as DVC and botocore read them)
+    pointing at it; yields a boto3 client. Bucket `bench` exists."""
+    moto = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    import s3fs
+
+    server = moto.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would keep an earlier test's endpoint
+    try:
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="bench")
+        yield client
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

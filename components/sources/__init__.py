@@ -28,7 +28,7 @@ SOURCES: dict[str, str] = {
 
 @dataclass
 class SourcePlan:
-    data_root: Path
+    data_root: Path | str  # a folder, or a URL string (s3://bucket/prefix) kept as given
     total: int  # clips, for the progress bar
     clips: Iterator[list[Row]]
     # Source-specific facts for the stage summary, complete once `clips` is exhausted (e.g. missing videos).

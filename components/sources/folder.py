@@ -4,7 +4,9 @@ Fields: `video` (path relative to the root, required), `caption` (string) or `ca
 optional `split` (train/val/test), optional `question` + `answer` (+ `type`, default "other"). Several lines for
 one video merge their captions and QA pairs (in CSV that is how a video gets several captions). The video id is
 the file stem. Malformed input fails naming the file, the line and the field; missing or unreadable videos are
-kept with empty probe fields so that the validate stage reports them by name.
+kept with empty probe fields so that the validate stage reports them by name. The root may be a URL
+(s3://bucket/prefix; then the captions file is a local path): each video is downloaded to a temporary file to be
+probed (components/remote_media.py).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Iterator
 from components.config import PrepareConfig
 from components.errors import StgtError
 from components.manifest import SPLITS
+from components.remote_media import FETCH_THREADS, RemoteError, is_remote, join, local_copy, ordered_map
 from components.sources import Row, SourcePlan, manifest_row
 from stgt_model.video.probe import ProbeError, probe, sha256_file
 
@@ -177,12 +180,19 @@ def merge(records: Iterator[Record], path: Path) -> list[Entry]:
     return list(entries.values())
 
 
-def file_facts(file: Path) -> dict[str, Any]:
-    """Container facts of `file` for the manifest.
+def file_facts(file: Path | str) -> dict[str, Any]:
+    """Container facts of `file` (a path, or a URL read through a temporary copy) for the manifest.
 
     A missing or unreadable file gets none (its probe columns stay null): dropping its row here would hide the
     problem, whereas the validate stage reports it by name.
     """
+    if is_remote(file):
+        try:
+            with local_copy(str(file)) as local:
+                return file_facts(local)
+        except RemoteError:
+            return {}
+    file = Path(file)
     if not file.is_file():
         return {}
     facts: dict[str, Any] = {"sha256": sha256_file(file)}
@@ -194,21 +204,26 @@ def file_facts(file: Path) -> dict[str, Any]:
     return facts | container
 
 
-def _captions_file(given: str, root: Path) -> Path:
-    """As given (absolute, or relative to the working directory) or else relative to the root."""
-    for candidate in (Path(given), root / given):
+def _captions_file(given: str, root: Path | str) -> Path:
+    """As given (absolute, or relative to the working directory) or else relative to a local root."""
+    for candidate in (Path(given),) + (() if isinstance(root, str) else (root / given,)):
         if candidate.is_file():
             if candidate.suffix.lower() not in READERS:
                 raise StgtError(f"prepare.folder.captions: {candidate}: expected a .jsonl or .csv file")
             return candidate
-    raise StgtError(f"prepare.folder.captions: {given} not found (as given, nor under {root})")
+    where = "a local file is needed when prepare.folder.root is a URL" if isinstance(root, str) else f"nor under {root}"
+    raise StgtError(f"prepare.folder.captions: {given} not found (as given, {where})")
 
 
 def build(cfg: PrepareConfig, dataset_dir: Path) -> SourcePlan:
     folder = cfg.folder
-    root = Path(folder.root or "").resolve()
-    if not folder.root or not root.is_dir():
-        raise StgtError(f"prepare.folder.root: {folder.root} is not a directory")
+    root: Path | str
+    if folder.root and is_remote(folder.root):
+        root = folder.root.rstrip("/")
+    else:
+        root = Path(folder.root or "").resolve()
+        if not folder.root or not root.is_dir():
+            raise StgtError(f"prepare.folder.root: {folder.root} is not a directory")
     path = _captions_file(folder.captions or "", root)
     entries = merge(READERS[path.suffix.lower()](path), path)
     if not entries:
@@ -217,6 +232,8 @@ def build(cfg: PrepareConfig, dataset_dir: Path) -> SourcePlan:
     def rows(entry: Entry) -> list[Row]:
         video_id = PurePosixPath(entry.path).stem
         split = entry.split or folder.default_split
-        return [manifest_row(video_id, entry.path, split, entry.captions, entry.qa, **file_facts(root / entry.path))]
+        video = join(root, entry.path) if isinstance(root, str) else root / entry.path
+        return [manifest_row(video_id, entry.path, split, entry.captions, entry.qa, **file_facts(video))]
 
-    return SourcePlan(data_root=root, total=len(entries), clips=(rows(e) for e in entries))
+    threads = FETCH_THREADS if isinstance(root, str) else 1  # downloads overlap; local probes stay in order
+    return SourcePlan(data_root=root, total=len(entries), clips=ordered_map(rows, entries, threads))

@@ -194,33 +194,16 @@ def test_lookup_fallbacks_for_didemo_and_activitynet():
     assert index.find(activitynet.candidates("v_abc", activitynet.EXTENSIONS)) == "abc.mkv"
 
 
-def test_s3_root_is_listed_once(monkeypatch):
-    moto = pytest.importorskip("moto.server")
-    server = moto.ThreadedMotoServer(port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            monkeypatch.setenv(key, value)
-        import boto3
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="bench")
-        for key in ("msrvtt/videos/all/video1.mp4", "msrvtt/videos/all/video2.mp4", "msrvtt/other.txt", "elsewhere/x.mp4"):
-            s3.put_object(Bucket="bench", Key=key, Body=b"x")
-        index = VideoIndex.from_paths("s3://bench/msrvtt", list_remote("s3://bench/msrvtt/"))
-        assert index.find(["video2.mp4"]) == "videos/all/video2.mp4"
-        assert sorted(index.by_name) == ["other.txt", "video1.mp4", "video2.mp4"]
-    finally:
-        server.stop()
-
-
-def test_remote_root_is_refused_by_prepare_until_the_manifest_takes_urls(tmp_path):
-    write(tmp_path / "a.json", [{"video": "video1.mp4", "caption": "x"}])
-    cfg = config("msrvtt", tmp_path, {"test": {"annotations": ["a.json"]}})
-    cfg.benchmark.root = "s3://bench/msrvtt"
-    with pytest.raises(StgtError, match="remote roots are not supported by the manifest yet"):
-        msrvtt.build(cfg, tmp_path)
+def test_s3_root_is_listed_once(s3):
+    for key in ("msrvtt/videos/all/video1.mp4", "msrvtt/videos/all/video2.mp4", "msrvtt/other.txt", "elsewhere/x.mp4"):
+        s3.put_object(Bucket="bench", Key=key, Body=b"x")
+    index = VideoIndex.from_paths("s3://bench/msrvtt", list_remote("s3://bench/msrvtt/"))
+    assert index.find(["video2.mp4"]) == "videos/all/video2.mp4"
+    assert sorted(index.by_name) == ["other.txt", "video1.mp4", "video2.mp4"]
+    with pytest.raises(StgtError, match="prepare.benchmark.root: no objects under s3://bench/msrvt$"):
+        list_remote("s3://bench/msrvt")
+    with pytest.raises(StgtError, match=r"prepare.benchmark.root: cannot list s3://nobucket/x \("):
+        list_remote("s3://nobucket/x")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from components.config import Params
 from components.errors import StgtError
 from components.manifest import read_manifest
 from components.sources.synthetic import write_mp4
+from components.validate import files_exist
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,23 @@ def test_a_missing_captions_file_or_root_is_a_readable_error(root, tmp_path):
     (root / "caps.txt").write_text("video\n", encoding="utf-8")
     with pytest.raises(StgtError, match=r"\.jsonl or \.csv"):
         prepare_folder(root, "caps.txt", tmp_path / "out")
+
+
+def test_s3_root_keeps_the_url_and_probes_through_temporary_copies(root, tmp_path, s3):
+    for name in ("a.mp4", "sub/c.mp4"):
+        s3.upload_file(str(root / name), "bench", f"mine/{name}")
+    captions = write_jsonl(tmp_path / "caps.jsonl", [{"video": "a.mp4", "caption": "first"},
+                                                    {"video": "sub/c.mp4", "caption": "third"},
+                                                    {"video": "b.mp4", "caption": "no object"}])
+    params = Params.model_validate({"prepare": {"source": "folder",
+                                                "folder": {"root": "s3://bench/mine/", "captions": str(captions)}}})
+    prepare.run(params, {}, {"dataset": tmp_path / "out"})
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.data_root == "s3://bench/mine"
+    assert manifest.video_path(manifest.table.iloc[1]) == "s3://bench/mine/sub/c.mp4"
+    table = manifest.table.set_index("video_id")
+    assert table.loc["a", "width"] == 48 and table.loc["c", "height"] == 32
+    assert pd.isna(table.loc["b", "duration"]) and pd.isna(table.loc["b", "sha256"])
+    assert files_exist(manifest).tolist() == [True, True, False]  # validate's check, from one listing
+    with pytest.raises(StgtError, match="a local file is needed when prepare.folder.root is a URL"):
+        prepare_folder("s3://bench/mine", "caps.jsonl", tmp_path / "out2")

@@ -112,3 +112,48 @@ def test_msvd_qa_sample_prepares_with_vocabulary_and_coverage(tmp_path, real_med
     assert {r["split"]: r["answer_coverage"] for r in quality["splits"]}["test"] == round(coverage, 4)
     card = (dataset / "data_card.md").read_text()
     assert f"| test | {len(test)} | {int(test.in_vocab.sum())} | {coverage:.2%} |" in card
+
+
+def test_msrvtt_1ka_from_an_s3_root(tmp_path, msrvtt_folder, s3):
+    """The same MSR-VTT layout in a bucket (moto on loopback), one clip without its object: the manifest keeps the
+    URL root, the missing id is reported and counted, the present clips are downloaded, decoded and deleted."""
+    ann, videos = msrvtt_folder
+    absent = "video9772"
+    for video in sorted(videos.iterdir()):
+        if video.stem != absent:
+            s3.upload_file(str(video), "bench", f"MSRVTT/videos/all/{video.name}")
+    root = "s3://bench/MSRVTT/videos"
+    overrides = ["prepare.preset=msrvtt_1ka", f"prepare.benchmark.root={root}", f"prepare.benchmark.annotations_dir={ann}",
+                 "prepare.benchmark.max_missing_share=1.0", "prepare.benchmark.expected_videos={test: 1000}",
+                 "extract_frames.workers=1", "extract_frames.num_frames=4", "extract_frames.size=64"]
+    params = tmp_path / "none.yaml"
+    dataset, report, frames = tmp_path / "data/prepared", tmp_path / "reports/validate", tmp_path / "data/frames"
+
+    prepared = run_stage("prepare", params_path=params, overrides=overrides, outputs={"dataset": dataset},
+                         metrics_path=tmp_path / "prepare.json")
+    assert prepared["splits"] == {"test": 2, "train": 2} and prepared["missing_videos"] == 998
+    manifest = read_manifest(dataset)
+    assert manifest.data_root == root
+    table = manifest.table.set_index("video_id")
+    with open(ann / "MSRVTT_JSFUSION_test.csv", newline="") as fh:
+        sentence = {r["video_id"]: r["sentence"] for r in csv.DictReader(fh)}
+    for video_id in ("video9770", "video9771"):
+        assert table.loc[video_id, "captions"].tolist() == [sentence[video_id]]
+        assert table.loc[video_id, "path"] == f"all/{video_id}.mp4"
+    assert table.loc["video0", "captions"].tolist() == [f"training caption {k} of video0" for k in range(3)]
+    assert table["duration"].notna().all() and table["sha256"].notna().all()  # probed through temporary copies
+    missing = pd.read_csv(dataset / "missing_videos.csv")
+    assert len(missing) == 998 and absent in set(missing.video_id)
+    assert "| test | 1,000 | 1,000 | 2 | 998 |" in (dataset / "data_card.md").read_text()
+
+    validated = run_stage("validate", params_path=params, overrides=overrides, inputs={"dataset": dataset},
+                          outputs={"report": report}, metrics_path=tmp_path / "validate.json")
+    assert validated["success"]
+
+    extracted = run_stage("extract_frames", params_path=params, overrides=overrides,
+                          inputs={"dataset": dataset, "validation": report}, outputs={"frames": frames},
+                          metrics_path=tmp_path / "frames.json")
+    assert extracted["extracted"] == 4 and extracted["quarantined"] == 0
+    assert sorted(pd.read_parquet(frames / "index.parquet").video_id) == sorted(set(CLIPS) - {absent})
+    shard = np.load(sorted((frames / "shards").glob("*.npy"))[0], mmap_mode="r")
+    assert shard.shape == (4, 4, 64, 64, 3) and shard.std() > 1

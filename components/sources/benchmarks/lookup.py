@@ -12,10 +12,7 @@ from pathlib import PurePosixPath
 from typing import Iterable
 
 from components.errors import StgtError
-
-
-def is_remote(root: str) -> bool:
-    return "://" in root
+from components.remote_media import RemoteError, is_remote, list_files
 
 
 @dataclass
@@ -66,13 +63,11 @@ def list_local(root: str) -> list[str]:
 
 def list_remote(root: str) -> list[str]:
     """Every object key under an fsspec URL (s3://bucket/prefix): one paginated listing. Credentials and endpoint
-    come from the environment (AWS_* variables, as for DVC)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(root)
-    path = path.rstrip("/")
+    come from the environment (AWS_* variables, as for DVC; see components/remote_media.py)."""
     try:
-        keys = fs.find(path)
-    except (FileNotFoundError, PermissionError, OSError) as exc:
-        raise StgtError(f"prepare.benchmark.root: cannot list {root} ({type(exc).__name__}: {exc})") from None
-    return [k[len(path) + 1:] for k in keys if k.startswith(path + "/")]
+        keys = list_files(root)
+    except RemoteError as exc:
+        raise StgtError(f"prepare.benchmark.root: cannot list {root} ({exc.reason})") from None
+    if not keys:  # S3 has no folders: a mistyped prefix lists nothing rather than failing
+        raise StgtError(f"prepare.benchmark.root: no objects under {root}")
+    return keys

@@ -3,7 +3,9 @@ check the missing share, run the quality suite and write the data card.
 
 Missing videos are left out of the manifest and listed per id in missing_videos.csv (with the names looked for):
 a few dead links should not stop a 10k-video benchmark, but past prepare.benchmark.max_missing_share the stage
-fails, because a benchmark missing that much is no longer the benchmark.
+fails, because a benchmark missing that much is no longer the benchmark. Under a URL root (s3://bucket/prefix) the
+manifest keeps the URL as its data root, and each video found is downloaded to a temporary file to be probed
+(several at a time; components/remote_media.py).
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from components.config import PrepareConfig
 from components.datacard import DatasetStats, render
 from components.errors import StageFailed, StgtError
 from components.sources import Row, SourcePlan, manifest_row
-from components.sources.benchmarks.common import Annotations
-from components.sources.benchmarks.lookup import VideoIndex, is_remote
+from components.remote_media import FETCH_THREADS, is_remote, join, ordered_map
+from components.sources.benchmarks.common import Annotations, VideoEntry
+from components.sources.benchmarks.lookup import VideoIndex
 from components.sources.benchmarks.quality import check
 from components.sources.folder import file_facts
 
@@ -35,15 +38,11 @@ class BenchmarkPlan(SourcePlan):
 
 def build_plan(cfg: PrepareConfig, dataset_dir: Path, annotations: Annotations, suite: str) -> BenchmarkPlan:
     root = cfg.benchmark.root or ""
-    if is_remote(root):
-        # The listing works on S3 (lookup.list_remote), but the manifest stores a local data root and file_facts
-        # probes local files; until components/manifest.py takes URL roots, sync or mount the bucket.
-        raise StgtError(f"prepare.benchmark.root: {root}: remote roots are not supported by the manifest yet; "
-                        "mount or sync the bucket and give the local directory")
     index = VideoIndex.scan(root)
     vocab = annotations.answer_vocab
     stats = DatasetStats(answer_vocab=frozenset(vocab) if vocab is not None else None)
-    plan = BenchmarkPlan(data_root=Path(root).resolve(), total=annotations.total, clips=iter(()))
+    data_root = root.rstrip("/") if is_remote(root) else Path(root).resolve()
+    plan = BenchmarkPlan(data_root=data_root, total=annotations.total, clips=iter(()))
     plan.clips = _clips(cfg, dataset_dir, annotations, index, stats, plan, suite)
     return plan
 
@@ -52,9 +51,9 @@ def _clips(cfg: PrepareConfig, dataset_dir: Path, annotations: Annotations, inde
            plan: BenchmarkPlan, suite: str) -> Iterator[list[Row]]:
     bench = cfg.benchmark
     examples: list[str] = []
-    with open(dataset_dir / MISSING_REPORT, "w", encoding="utf-8", newline="") as fh:
-        missing = csv.writer(fh)
-        missing.writerow(["video_id", "split", "looked_for"])
+    root = plan.data_root
+
+    def found(missing: Any) -> Iterator[tuple[VideoEntry, str]]:
         for entry in annotations.entries:
             stats.add_annotated(entry.split, [q["answer"] for q in entry.qa])
             rel = index.find(entry.names)
@@ -63,10 +62,22 @@ def _clips(cfg: PrepareConfig, dataset_dir: Path, annotations: Annotations, inde
                 missing.writerow([entry.video_id, entry.split, "|".join(entry.names)])
                 if len(examples) < EXAMPLES:
                     examples.append(entry.video_id)
-                continue
-            captions = entry.captions[:1] if bench.captions == "first" else entry.captions
-            stats.add_present(entry.split, captions)
-            yield [manifest_row(entry.video_id, rel, entry.split, captions, entry.qa, **file_facts(plan.data_root / rel))]
+            else:
+                yield entry, rel
+
+    def row(item: tuple[VideoEntry, str]) -> list[Row]:  # may run in a download thread: touches no shared state
+        entry, rel = item
+        captions = entry.captions[:1] if bench.captions == "first" else entry.captions
+        video = join(root, rel) if isinstance(root, str) else root / rel
+        return [manifest_row(entry.video_id, rel, entry.split, captions, entry.qa, **file_facts(video))]
+
+    with open(dataset_dir / MISSING_REPORT, "w", encoding="utf-8", newline="") as fh:
+        missing = csv.writer(fh)
+        missing.writerow(["video_id", "split", "looked_for"])
+        threads = FETCH_THREADS if isinstance(root, str) else 1
+        for rows in ordered_map(row, found(missing), threads):
+            stats.add_present(rows[0]["split"], rows[0]["captions"])
+            yield rows
     _finish(cfg, dataset_dir, annotations, stats, examples, plan, suite)
 
 
