@@ -58,6 +58,18 @@ def atomic_file(target: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     _replace(tmp, target)
 
 
+@contextlib.contextmanager
+def rank_zero_dir(target: str | os.PathLike, rank: int) -> Iterator[Path]:
+    """atomic_dir on rank 0; a throw-away directory on the other ranks of a torchrun job, which compute the same
+    result but must not race rank 0 to replace the output."""
+    if rank == 0:
+        with atomic_dir(target) as tmp:
+            yield tmp
+        return
+    with tempfile.TemporaryDirectory(prefix=f".{Path(target).name}.rank{rank}-") as tmp:
+        yield Path(tmp)
+
+
 def failed_dir(target: str | os.PathLike) -> Path:
     """Where a stage whose gate failed leaves its reports: beside the output it did not replace."""
     target = Path(target)

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from torch import Tensor, nn
 
-from components.atomic import atomic_dir
+from components.atomic import rank_zero_dir
 from components.config import Params, QAPhase, write_resolved
 from components.pretrain import (
     CURVES_FILE,
@@ -42,7 +42,7 @@ from components.pretrain import (
 )
 from stgt_model.data import ClipStore, VideoQADataset, VideoTextDataset, collate_video_qa
 from stgt_model.config import ModelConfig
-from stgt_model.engine import LogFn, TrainResult, train
+from stgt_model.engine import LogFn, TrainResult, init_distributed, train
 from stgt_model.model import STGTModel
 from stgt_model.qa import AnswerVocab, qa_loss
 
@@ -53,6 +53,7 @@ SKIPPED_FILE = "skipped.json"  # a task the data cannot support
 
 def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     manifest, store = open_corpus(inputs["dataset"], inputs["features"])
+    rank, _, _ = init_distributed()  # under torchrun: every rank trains, rank 0 alone writes
     summary: dict[str, Any] = {}
     for task in params.finetune.tasks:
         out_dir = Path(outputs[task])
@@ -60,22 +61,24 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
         if missing:
             # A caption-only benchmark has no QA to learn (and a QA set may have no captions): say so, and let
             # evaluate skip the task, rather than failing the pipeline.
-            with atomic_dir(out_dir) as tmp:
+            with rank_zero_dir(out_dir, rank) as tmp:
                 (tmp / SKIPPED_FILE).write_text(json.dumps({"skipped": missing}) + "\n", encoding="utf-8")
             summary[task] = {"skipped": missing}
             continue
         work = work_dir(out_dir)
         curves = curve_logger(work / CURVES_LOG, task)
-        with atomic_dir(out_dir) as tmp:
+        with rank_zero_dir(out_dir, rank) as tmp:
             if task == "retrieval":
                 model, result = finetune_retrieval(params, inputs["pretrained"], manifest, store, work, curves)
             else:
                 model, result, vocab = finetune_qa(params, inputs["pretrained"], manifest, store, work, curves)
                 (tmp / VOCAB_FILE).write_text(json.dumps(vocab.to_dict(), indent=1), encoding="utf-8")
             save_model(model, tmp / MODEL_FILE)
-            write_curves(work / CURVES_LOG, tmp / CURVES_FILE)
+            if rank == 0:  # the curves are rank 0's log
+                write_curves(work / CURVES_LOG, tmp / CURVES_FILE)
             write_resolved(params, SECTIONS, tmp / "config.resolved.yaml")
-        shutil.rmtree(work)
+        if rank == 0:
+            shutil.rmtree(work)
         summary[task] = {"steps": result.step, "seconds": round(result.seconds, 1),
                          **{k: round(v, 4) for k, v in result.losses.items()}}
     return summary

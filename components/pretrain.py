@@ -28,13 +28,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from components.atomic import atomic_dir
+from components.atomic import rank_zero_dir
 from components.config import ContrastivePhase, Params, TrainSettings, write_resolved
 from components.errors import StgtError
 from components.manifest import read_manifest
 from stgt_model.config import ModelConfig
 from stgt_model.data import ClipStore, VideoTextDataset, collate_video_text
-from stgt_model.engine import LogFn, TrainConfig, TrainResult, train
+from stgt_model.engine import LogFn, TrainConfig, TrainResult, init_distributed, train
 from stgt_model.factory import create_model
 from stgt_model.model import STGTModel
 from stgt_model.qformer import TextProcessor, build_tokenizer
@@ -52,6 +52,7 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
     work = work_dir(out_dir)
     manifest, store = open_corpus(inputs["dataset"], inputs["features"])
     model = build_model(params.model)
+    rank, _, _ = init_distributed()  # under torchrun: every rank trains, rank 0 alone writes
     summary: dict[str, Any] = {}
     for name in PHASES:
         phase: ContrastivePhase = getattr(cfg, name)
@@ -60,11 +61,13 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
                                    curve_logger(work / CURVES_LOG, name))
         summary[name] = {"steps": result.step, "seconds": round(result.seconds, 1),
                          **{k: round(v, 4) for k, v in result.losses.items()}}
-    with atomic_dir(out_dir) as tmp:
+    with rank_zero_dir(out_dir, rank) as tmp:
         save_model(model, tmp / MODEL_FILE)
-        write_curves(work / CURVES_LOG, tmp / CURVES_FILE)
+        if rank == 0:  # the curves are rank 0's log
+            write_curves(work / CURVES_LOG, tmp / CURVES_FILE)
         write_resolved(params, SECTIONS, tmp / "config.resolved.yaml")
-    shutil.rmtree(work)
+    if rank == 0:  # train() returned on every rank after its closing barrier: nobody reads the work folder now
+        shutil.rmtree(work)
     return {"train_videos": len(dataset.video_ids), **summary}
 
 

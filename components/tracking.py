@@ -7,8 +7,9 @@ copies still land in the user's store; else the current directory).
 Which run a stage logs to (the first rule that applies):
 1. `MLFLOW_RUN_ID` is set: KFP 2.17's MLflow plugin created this task's run, already nested under the pipeline
    run's parent, and closes it itself: the stage logs into that run instead of adding a third level.
-2. `STGT_PARENT_RUN_ID` or `MLFLOW_PARENT_RUN_ID` is set (a wrapper or a first KFP task owns the parent), or a
-   run is active in this process (a notebook's): a nested run under it; the owner closes the parent.
+2. `STGT_PARENT_RUN_ID` or `MLFLOW_PARENT_RUN_ID` is set (a wrapper or a first KFP task owns the parent: see
+   open_parent_run / finish_parent_run below, used by components.kfp.parent_run), or a run is active in this
+   process (a notebook's): a nested run under it; the owner closes the parent.
 3. Under `dvc repro` / `dvc exp run` (dvc sets `DVC_STAGE` for stage commands): the stages of one dvc invocation
    share a parent. `.stgt/parent_run` records it with the invocation's key (pid and start time of the dvc
    process, the nearest ancestor without `DVC_STAGE`); a stage with another key (a new repro) starts a new
@@ -470,3 +471,76 @@ def stage_run(stage: Stage, params: Params, inputs: Mapping[str, Path], outputs:
             client.set_terminated(parent.run_id, status)
         if not uri_from_env:
             mlflow.set_tracking_uri(None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the parent run of a Kubeflow pipeline run (without KFP's MLflow plugin): opened by the pipeline's first task,
+# found by the stage tasks through its `kfp.run_id` tag, closed by the exit task
+
+PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+def _plugin_owns_runs() -> bool:
+    """KFP's MLflow plugin made this task's run (rule 1): it also made and closes the parent."""
+    return bool(os.environ.get("MLFLOW_RUN_ID"))
+
+
+def _client() -> tuple[MlflowClient, str]:
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    return MlflowClient(uri), uri
+
+
+def open_parent_run(name: str, kfp_run_id: str, params: Params) -> str:
+    """Create the pipeline run's parent; returns its id, "" when tracking is off or the plugin owns the runs."""
+    if not enabled() or _plugin_owns_runs():
+        return ""
+    from mlflow.entities import Param
+
+    client, uri = _client()
+    sha, dirty = git_state(project_dir())
+    tags = {"git.sha": sha, "git.dirty": dirty, "stgt.role": "pipeline", "pipeline.kind": "kfp",
+            "kfp.run_id": kfp_run_id, "params_hash": params_hash(params)}
+    run = client.create_run(experiment_id(client, uri), run_name=name, tags=tags)
+    logged = [Param(k, v) for k, v in loggable_params(params.dump()).items()]
+    for start in range(0, len(logged), PARAMS_PER_BATCH):
+        client.log_batch(run.info.run_id, params=logged[start:start + PARAMS_PER_BATCH])
+    return run.info.run_id
+
+
+def find_parent_run(kfp_run_id: str) -> str:
+    """The id of the parent open_parent_run made for this Kubeflow run; "" when there is none."""
+    if not enabled() or _plugin_owns_runs() or not kfp_run_id:
+        return ""
+    client, uri = _client()
+    found = client.search_runs(
+        [experiment_id(client, uri)], max_results=1,
+        filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`stgt.role` = 'pipeline'")
+    return found[0].info.run_id if found else ""
+
+
+def run_status(state: str) -> str:
+    """A Kubeflow final state (SUCCEEDED, FAILED, CANCELED, ...) as an MLflow run status."""
+    state = state.upper()
+    if state in ("SUCCEEDED", "SKIPPED", "CACHED"):
+        return "FINISHED"
+    return "KILLED" if state.startswith("CANCEL") else "FAILED"
+
+
+def finish_parent_run(run_id: str, status: Any) -> str:
+    """Close the parent as the pipeline ended; `status` is a dsl.PipelineTaskFinalStatus or its state. Returns
+    the MLflow status set ("" when there was nothing to close)."""
+    if not enabled() or _plugin_owns_runs() or not run_id:
+        return ""
+    client, _ = _client()
+    state = str(getattr(status, "state", status))
+    result = run_status(state)
+    message = getattr(status, "error_message", "") or ""
+    if result != "FINISHED":
+        client.set_tag(run_id, "kfp.state", state)
+        if message:
+            client.set_tag(run_id, "error", redact(message.strip().splitlines()[0])[:500])
+    client.set_terminated(run_id, result)
+    return result

@@ -4,11 +4,13 @@ Each stage's task runs the same stage function as dvc.yaml (components.kfp.stage
 are those producing its inputs, wired through typed artifacts. Sharded stages fan out with dsl.ParallelFor and
 are collected by a task named as the stage. A `foreach` stage (finetune) is one task per item, `<stage>-<item>`, as
 dvc.yaml's `<stage>@<item>`: each passes [item] for the stage's list param (finetune.tasks) and produces the outputs
-keyed by the item, so the items run side by side and a consumer waits for the items whose outputs it reads. The
-whole DAG sits in an exit handler that closes the MLflow parent run.
+keyed by the item, so the items run side by side and a consumer waits for the items whose outputs it reads. A
+multi-node stage (pretrain) runs in its pod or as a Kubeflow Trainer TrainJob, as `<stage>_num_nodes` says
+(components.kfp.distributed). The first task opens the MLflow parent run the stage runs nest under; the whole DAG
+sits in an exit handler that closes it (components.kfp.parent_run).
 
 Pipeline parameters: every params.yaml key as `section__key` (defaults from params.yaml), plus the cluster
-settings in CLUSTER_PARAMETERS.
+settings in CLUSTER_PARAMETERS and those of the multi-node stages.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from kfp.dsl import PipelineTask
 from components import registry
 from components.config import load_params
 from components.errors import StgtError
-from components.kfp import fanout, task_config
-from components.kfp.exit_handler import finish_run_component
+from components.kfp import distributed, fanout, task_config
 from components.kfp.params import PipelineParam
+from components.kfp.parent_run import finish_run_component, open_run_component
 from components.kfp.stage_components import (StageInterface, check_shardable, collect_component, shard_component,
                                              stage_component)
 from components.registry import Stage
@@ -44,6 +46,7 @@ CLUSTER_PARAMETERS: dict[str, tuple[type, Any]] = {
     "s3_secret": (str, "stgt-s3"),
     "gpu_node_selector": (dict, {}),
     "gpu_tolerations": (list, []),
+    **distributed.parameters(),
 }
 
 
@@ -72,6 +75,8 @@ def _add_stage(iface: StageInterface, args: dict[str, Any], channels: dict[str, 
         inputs = {k: channels[path] for k, path in stage.inputs.items()}
     except KeyError as exc:
         raise StgtError(f"{stage.name}: listed before the stage producing its input ({exc})") from None
+    if stage.name in distributed.STAGES:
+        return distributed.add_stage(iface, WORKSPACE, params, inputs, args, cluster)
     if fanout.sharded_input(stage) is None:
         task = stage_component(iface)(workspace=WORKSPACE, **params, **inputs)
         return task_config.configure_stage_task(task, stage.resources, cluster,
@@ -93,17 +98,25 @@ def build_pipeline(params_path: str | Path = "params.yaml", stages: Sequence[Sta
     """The pipeline for `stages` (in dependency order), parameter defaults from `params_path`."""
     params = load_params(params_path)
     interfaces = [iface for s in stages for iface in StageInterface.all_of(s, stages, params)]
-    signature = _signature(tunables(interfaces))
+    keys = tunables(interfaces)
+    signature = _signature(keys)
 
     def stgt_pipeline(*values: Any) -> None:
         args = dict(zip(signature.parameters, values))
         cluster = task_config.ClusterParams(args["mlflow_secret"], args["s3_secret"], args["gpu_node_selector"],
                                             args["gpu_tolerations"])
-        finish = task_config.use_secrets(finish_run_component()(), cluster).set_caching_options(False)
+        finish = finish_run_component()(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        task_config.use_secrets(finish, cluster).set_caching_options(False)
         with dsl.ExitHandler(finish):
+            opener = open_run_component(keys)(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                              kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                              **{p.name: args[p.name] for p in keys})
+            task_config.use_secrets(opener, cluster).set_caching_options(False)
             channels: dict[str, Any] = {}  # output path -> the task output producing it
             for iface in interfaces:
                 task = _add_stage(iface, args, channels, cluster)
+                if not iface.stage.inputs:  # the DAG's sources; every other stage runs after one of them
+                    task.after(opener)
                 channels.update({path: task.outputs[key] for key, path in iface.stage.outputs.items()
                                  if key in iface.outputs})
 

@@ -29,9 +29,10 @@ def define(name: str, source: str) -> Callable[..., Any]:
     return namespace[name]
 
 
-def lightweight_component(name: str, source: str, image: str) -> PythonComponent:
-    """A lightweight component on our own image: the project and kfp are installed there, no pip at run time."""
-    return dsl.component(define(name, source), base_image=image, install_kfp_package=False)
+def lightweight_component(name: str, source: str, image: str, **options: Any) -> PythonComponent:
+    """A lightweight component on our own image: the project and kfp are installed there, no pip at run time.
+    `options`: more dsl.component arguments (task_config_passthroughs)."""
+    return dsl.component(define(name, source), base_image=image, install_kfp_package=False, **options)
 
 
 def call(function: str, arguments: dict[str, str]) -> str:
@@ -40,6 +41,7 @@ def call(function: str, arguments: dict[str, str]) -> str:
     return f"    {function}(\n{lines}    )\n"
 
 
-def function_source(name: str, parameters: list[str], doc: str, imports: str, body: str) -> str:
+def function_source(name: str, parameters: list[str], doc: str, imports: str, body: str, returns: str = "") -> str:
     params = "".join(f"    {p},\n" for p in parameters)
-    return f"def {name}(\n{params}):\n    {doc!r}\n    {imports}\n\n{body}"
+    arrow = f" -> {returns}" if returns else ""
+    return f"def {name}(\n{params}){arrow}:\n    {doc!r}\n    {imports}\n\n{body}"

@@ -21,6 +21,7 @@ from components.atomic import write_json
 from components.config import load_params
 from components.errors import StgtError
 from components.kfp import artifacts, images
+from components.kfp.parent_run import join_pipeline_run
 from components.kfp.stage_task import input_path, publish, write_params_file
 from components.manifest import read_manifest, write_manifest
 from components.runner import run_stage
@@ -93,6 +94,7 @@ def run_shard_task(stage: str, workspace: str, shard: str, params: Mapping[str, 
     in_paths = {k: input_path(spec, k, a, ws) for k, a in inputs.items()}
     split = sharded_input(spec)
     in_paths[split] = write_sub_manifest(in_paths[split], index, count, here / "input" / split)
+    join_pipeline_run()
     return run_stage(stage, params_path=write_params_file(stage, params, ws), inputs=in_paths,
                      outputs={k: here / k for k in spec.outputs}, metrics_path=here / SHARD_SUMMARY)
 

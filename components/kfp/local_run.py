@@ -2,7 +2,8 @@
 
 kfp.local's SubprocessRunner runs lightweight components only, which is why every stage component is one.
 Artifacts land under `<output_dir>/<pipeline>-<timestamp>/<task>/`; the workspace (bulk outputs) is per run and
-kfp.local deletes it at the end, as a cluster deletes the run's volume. Kubernetes settings are ignored locally.
+kfp.local deletes it at the end, as a cluster deletes the run's volume. Kubernetes settings are ignored locally,
+the run-id pod label included: the run's tasks get KFP_RUN_ID from this process instead (the MLflow parent run).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -19,9 +21,24 @@ from components import registry
 from components.config import load_params
 from components.errors import StgtError
 from components.kfp.params import run_arguments
+from components.kfp.parent_run import RUN_ID_ENV
 from components.registry import Stage
 
 DEFAULT_OUTPUT_DIR = Path("local_outputs")  # kfp.local's own default, already ignored by git
+
+
+@contextlib.contextmanager
+def env_var(name: str, value: str) -> Iterator[None]:
+    """`name` set for the tasks (kfp.local runs them as child processes of this one), then restored."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 @contextlib.contextmanager
@@ -55,7 +72,8 @@ def run_local(params_path: str | Path = "params.yaml", overrides: Sequence[str] 
     arguments = {**run_arguments(overrides, pipeline.component_spec.inputs, params_path), "fanout_shards": shards}
     root = Path(output_dir).resolve()
     started = time.time()
-    with scratch_tmpdir(root / ".tmp"), warnings.catch_warnings():
+    with scratch_tmpdir(root / ".tmp"), env_var(RUN_ID_ENV, f"local-{uuid.uuid4().hex[:12]}"), \
+            warnings.catch_warnings():
         # Expected locally: Kubernetes settings are ignored, and the tasks run here rather than in their image.
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")

@@ -9,21 +9,46 @@ and whose body calls components.kfp.stage_task (or fanout) in the installed proj
 
 A `foreach` stage (finetune) gets one component per item, `<stage>_<item>`, as dvc.yaml's `<stage>@<item>`: the
 item narrows the list param `foreach_param` to [item] and the component has only the outputs keyed by the item.
+
+A stage that can train on several nodes (components.kfp.distributed) has three: the stage component with a
+`procs_per_node` input (torchrun over the pod's GPUs) returning its summary, `<stage>_trainjob` launching it as a
+Kubeflow Trainer TrainJob, and `publish_<stage>` giving downstream stages the outputs of whichever ran.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
+from kfp import dsl
 from kfp.dsl.python_component import PythonComponent
 
 from components.config import Params
 from components.errors import StgtError
-from components.kfp import artifacts, codegen, fanout, images
+from components.kfp import artifacts, codegen, fanout, images, task_config
 from components.kfp.params import PipelineParam, name_of, pipeline_params
 from components.registry import Stage
 
-RESERVED = {"workspace", "summary", "shard"}
+RESERVED = {"workspace", "summary", "shard", "procs_per_node", "result"}
+TRAINJOB_INPUTS = ["num_nodes: int", "procs_per_node: int", "timeout_s: int", "mlflow_secret: str",
+                   "s3_secret: str", "task_config: dsl.TaskConfig"]
+# What the launcher forwards to the TrainJob: GPUs, placement, env and volumes are set on its task as on any other.
+# Resources are not applied to the launcher's own pod (it only waits); env and volumes are (it needs the workspace).
+TRAINJOB_PASSTHROUGHS = [
+    dsl.TaskConfigField.RESOURCES, dsl.TaskConfigField.KUBERNETES_TOLERATIONS,
+    dsl.TaskConfigField.KUBERNETES_NODE_SELECTOR, dsl.TaskConfigField.KUBERNETES_AFFINITY,
+    dsl.TaskConfigPassthrough(field=dsl.TaskConfigField.ENV, apply_to_task=True),
+    dsl.TaskConfigPassthrough(field=dsl.TaskConfigField.KUBERNETES_VOLUMES, apply_to_task=True),
+]
+
+
+def param_signature(params: Sequence[PipelineParam]) -> list[str]:
+    return [f"{p.name}: {p.annotation.__name__}" for p in params]
+
+
+def params_argument(params: Sequence[PipelineParam]) -> str:
+    """Source of the {dotted key: value} dict a component passes on ("" stands for a null default)."""
+    items = "".join(f"            {p.key!r}: {p.name}{' or None' if p.nullable else ''},\n" for p in params)
+    return "{\n" + items + "        }" if items else "{}"
 
 
 def producers(stages: Sequence[Stage]) -> dict[str, tuple[Stage, str]]:
@@ -93,7 +118,7 @@ class StageInterface:
 
     # -- source fragments -------------------------------------------------------------------------------------
     def param_signature(self) -> list[str]:
-        return [f"{p.name}: {p.annotation.__name__}" for p in self.params]
+        return param_signature(self.params)
 
     def input_signature(self) -> list[str]:
         return [f"{k}: Input[{t.__name__}]" for k, t in self.inputs.items()]
@@ -103,31 +128,66 @@ class StageInterface:
                 *(f"{artifacts.view_name(k)}: Output[HTML]" for k in self.views)]
 
     def params_argument(self) -> str:
-        items = "".join(f"            {p.key!r}: {p.name}{' or None' if p.nullable else ''},\n" for p in self.params)
-        return "{\n" + items + "        }" if items else "{}"
+        return params_argument(self.params)
 
     @staticmethod
     def mapping(keys: Sequence[str], names: Sequence[str] | None = None) -> str:
         return "{" + ", ".join(f"{k!r}: {n}" for k, n in zip(keys, names or keys)) + "}"
 
 
-def _source(name: str, doc: str, signature: list[str], module: str, function: str, arguments: dict[str, str]) -> str:
+def _source(name: str, doc: str, signature: list[str], module: str, function: str, arguments: dict[str, str],
+            returns: str = "") -> str:
+    call = codegen.call(function, arguments)
     return codegen.function_source(name, signature, doc, f"from {module} import {function}",
-                                   codegen.call(function, arguments))
+                                   "    return " + call.lstrip() if returns else call, returns)
 
 
-def stage_component(iface: StageInterface) -> PythonComponent:
+def stage_component(iface: StageInterface, distributed: bool = False) -> PythonComponent:
+    """`distributed`: takes `procs_per_node` and returns the stage summary (for publish_<stage>)."""
     s = iface.stage
     item = {"item": repr(iface.item)} if iface.item else {}
+    procs = {"procs_per_node": "procs_per_node"} if distributed else {}
     source = _source(
         iface.name, f"{s.help} (item {iface.item})" if iface.item else s.help,
-        ["workspace: str", *iface.param_signature(), *iface.input_signature(), *iface.output_signature()],
+        ["workspace: str", *(["procs_per_node: int"] if distributed else []), *iface.param_signature(),
+         *iface.input_signature(), *iface.output_signature()],
         "components.kfp.stage_task", "run_stage_task",
         {"stage": repr(s.name), "workspace": "workspace", "params": iface.params_argument(),
          "inputs": iface.mapping(list(iface.inputs)), "outputs": iface.mapping(list(iface.outputs)),
          "views": iface.mapping(list(iface.views), [artifacts.view_name(k) for k in iface.views]),
-         "summary": "summary", **item})
+         "summary": "summary", **item, **procs}, returns="dict" if distributed else "")
     return codegen.lightweight_component(iface.name, source, images.image_for(s.resources.gpus))
+
+
+def trainjob_component(iface: StageInterface) -> PythonComponent:
+    """Launches the stage as a TrainJob on the CUDA image and returns its summary; runs on the CPU image."""
+    s = iface.stage
+    name = f"{s.name}_trainjob"
+    secrets = "{mlflow_secret: %r, s3_secret: %r}" % (task_config.MLFLOW_SECRET_KEYS, task_config.S3_SECRET_KEYS)
+    source = _source(
+        name, f"Run {s.name} as a multi-node Kubeflow Trainer TrainJob and wait for it: {s.help}",
+        ["workspace: str", *TRAINJOB_INPUTS, *iface.param_signature(), *iface.input_signature()],
+        "components.kfp.trainjob", "run_trainjob_task",
+        {"stage": repr(s.name), "workspace": "workspace", "params": iface.params_argument(),
+         "inputs": iface.mapping(list(iface.inputs)), "image": repr(images.cuda_image()), "num_nodes": "num_nodes",
+         "num_proc_per_node": "procs_per_node", "timeout_s": "timeout_s", "task_config": "task_config",
+         "secrets": secrets}, returns="dict")
+    return codegen.lightweight_component(name, source, images.cpu_image(),
+                                         task_config_passthroughs=TRAINJOB_PASSTHROUGHS)
+
+
+def publish_component(iface: StageInterface) -> PythonComponent:
+    """The outputs (workspace pointers) and summary of a stage that ran in another task."""
+    s = iface.stage
+    name = f"publish_{s.name}"
+    source = _source(
+        name, f"Publish the outputs of {s.name}, however it ran",
+        ["workspace: str", "result: dict", "summary: Output[Metrics]",
+         *(f"{k}: Output[{t.__name__}]" for k, t in iface.outputs.items())],
+        "components.kfp.stage_task", "publish_stage_task",
+        {"stage": repr(s.name), "workspace": "workspace", "result": "result",
+         "outputs": iface.mapping(list(iface.outputs)), "summary": "summary"})
+    return codegen.lightweight_component(name, source, images.cpu_image())
 
 
 def shard_component(iface: StageInterface) -> PythonComponent:

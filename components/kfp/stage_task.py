@@ -3,19 +3,28 @@
 The task gets its params as values (one pipeline parameter per key), writes them as a params file, resolves each
 input and output to a local path (an artifact's path, or the registry path inside the run's workspace), runs the
 stage and publishes what it wrote: artifacts with size metadata, workspace pointers, HTML views, the summary.
+Its stage run nests under the pipeline's MLflow parent (components.kfp.parent_run). With more than one process
+per pod (procs_per_node, or more GPUs than that in the pod) the stage runs as `torchrun --standalone -m
+components.cli <stage>`, one process per GPU, instead of in this process.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import yaml
 from kfp.dsl import HTML, Artifact, Metrics
 
 from components import registry
+from components.errors import StgtError
 from components.kfp import artifacts
 from components.kfp.params import nested
+from components.kfp.parent_run import join_pipeline_run
 from components.runner import run_stage
 
 PARAMS_DIR = ".params"  # inside the workspace: the params file each task ran with
@@ -62,6 +71,31 @@ def publish(outputs: Mapping[str, Artifact], paths: Mapping[str, Path], views: M
         artifacts.publish_view(view, paths[key], artifacts.HTML_VIEWS[key])
 
 
+def cli_args(stage: registry.Stage, params_file: Path, paths: Mapping[str, Path], metrics: Path) -> list[str]:
+    """`stgt <stage>` arguments (components.cli) running the stage on `paths` (input and output keys)."""
+    flags = [arg for key, path in paths.items() for arg in (f"--{key.replace('_', '-')}", str(path))]
+    return [stage.name, "--params", str(params_file), *flags, "--metrics", str(metrics)]
+
+
+def visible_gpus() -> int:
+    if not os.environ.get("NVIDIA_VISIBLE_DEVICES") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return 0  # no GPU given to this pod: skip importing torch (seconds) just to learn that
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run_torchrun(stage: registry.Stage, nproc: int, params_file: Path, paths: Mapping[str, Path],
+                 metrics: Path) -> dict[str, Any]:
+    """The stage on `nproc` local processes (DDP: NCCL on GPUs, gloo on CPU); rank 0 tracks and writes outputs."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "components.cli", *cli_args(stage, params_file, paths, metrics)]
+    code = subprocess.run(command, check=False).returncode  # its output streams into the task's log
+    if code != 0:
+        raise StgtError(f"{stage.name}: torchrun with {nproc} processes exited with code {code} (see the log above)")
+    return json.loads(metrics.read_text(encoding="utf-8"))
+
+
 def run_stage_task(
     stage: str,
     workspace: str,
@@ -71,15 +105,33 @@ def run_stage_task(
     views: Mapping[str, HTML],
     summary: Metrics,
     item: str = "",
+    procs_per_node: Optional[int] = None,
 ) -> dict[str, Any]:
     """`item`: a foreach stage's item (its params already narrow the stage to it); it gets its own metrics file,
-    reports/<stage>/<item>.json as under dvc, since the items run side by side."""
+    reports/<stage>/<item>.json as under dvc, since the items run side by side. `procs_per_node`: training
+    processes in this pod (all of its GPUs when it has more), for the stages that run distributed; None for the
+    others, which always run in this process."""
     spec = registry.get(stage)
     ws = Path(workspace)
     in_paths = {k: input_path(spec, k, a, ws) for k, a in inputs.items()}
     out_paths = {k: output_path(spec, k, a, ws) for k, a in outputs.items()}
-    result = run_stage(stage, params_path=write_params_file(stage, params, ws), inputs=in_paths,
-                       outputs=out_paths, metrics_path=ws / item_metrics(spec, item))
+    params_file, metrics = write_params_file(stage, params, ws), ws / item_metrics(spec, item)
+    join_pipeline_run()
+    nproc = 1 if procs_per_node is None else max(procs_per_node, visible_gpus())
+    if nproc > 1:
+        result = run_torchrun(spec, nproc, params_file, {**in_paths, **out_paths}, metrics)
+    else:
+        result = run_stage(stage, params_path=params_file, inputs=in_paths, outputs=out_paths, metrics_path=metrics)
     publish(outputs, out_paths, views)
     artifacts.log_summary(summary, result)
     return result
+
+
+def publish_stage_task(stage: str, workspace: str, result: Mapping[str, Any], outputs: Mapping[str, Artifact],
+                       summary: Metrics) -> dict[str, Any]:
+    """Publish what a stage wrote to the workspace from another task (a TrainJob, or the in-pod branch beside it):
+    its workspace pointers and summary, for the stages downstream."""
+    spec = registry.get(stage)
+    publish(outputs, {k: output_path(spec, k, a, Path(workspace)) for k, a in outputs.items()}, {})
+    artifacts.log_summary(summary, result)
+    return dict(result)

@@ -5,24 +5,26 @@ PET_* variables torchrun reads: nodes, rank, master), then polls the job's condi
 surfacing the failure's reason and message, and deletes the job when it times out so it stops holding GPUs.
 Resources, tolerations, node selector, affinity, env and volumes are the launcher task's own, forwarded through
 KFP's task_config_passthroughs: set GPUs on the launcher task as on any other. The nodes read and write the run's
-workspace (ReadWriteMany), so a TrainJob stage's inputs and outputs are workspace paths.
+workspace (ReadWriteMany): the launcher copies the stage's artifact inputs there first, and its outputs must be
+workspace outputs (the pipeline's publish task points downstream stages at them). The nodes get the launcher's
+MLflow and S3 secrets as env (secret references, never values) and the pipeline's MLflow parent run, so rank 0
+logs the stage run where an in-pod run would.
 """
 import json
+import os
+import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
-from kfp import dsl
-from kfp.dsl import Metrics, Output
+from kfp.dsl import Artifact
 
 from components import registry
 from components.errors import StgtError
-from components.kfp import artifacts, images
-from components.kfp.stage_task import write_params_file
-
-if TYPE_CHECKING:  # kfp's build-time modules do not import inside a running task (_KFP_RUNTIME)
-    from kfp.dsl.python_component import PythonComponent
+from components.kfp import artifacts
+from components.kfp.parent_run import PARENT_ENV, RUN_ID_ENV, join_pipeline_run, kfp_run_id
+from components.kfp.stage_task import cli_args, input_path, write_params_file
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 RUNTIME = "stgt-torch-distributed"  # torch-distributed runtime on our CUDA image (infra/k8s/cluster)
@@ -56,10 +58,37 @@ def job_name(stage: str) -> str:
 
 def stage_command(stage: registry.Stage, workspace: Path, params_file: Path) -> list[str]:
     """`torchrun -m components.cli <stage>` with the stage's paths inside the workspace."""
-    paths = [arg for key, path in {**stage.inputs, **stage.outputs}.items()
-             for arg in (f"--{key.replace('_', '-')}", str(workspace / path))]
-    return ["torchrun", "-m", "components.cli", stage.name, "--params", str(params_file), *paths,
-            "--metrics", str(workspace / stage.metrics)]
+    paths = {key: workspace / path for key, path in {**stage.inputs, **stage.outputs}.items()}
+    return ["torchrun", "-m", "components.cli", *cli_args(stage, params_file, paths, workspace / stage.metrics)]
+
+
+def stage_inputs(stage: registry.Stage, inputs: Mapping[str, Artifact], workspace: Path) -> None:
+    """Copy the artifact inputs (downloaded into this pod only) to their registry paths in the workspace."""
+    for key, artifact in inputs.items():
+        source, target = input_path(stage, key, artifact, workspace), workspace / stage.inputs[key]
+        if source == target:
+            continue
+        tmp = target.with_name(f".{target.name}.copy")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if source.is_dir():
+            shutil.copytree(source, tmp)
+        else:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tmp)
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+
+
+def node_env(task_env: Sequence[dict], secrets: Mapping[str, Sequence[str]]) -> list[dict]:
+    """The launcher task's env, its secrets as references, and the run's ids for tracking (later entries win)."""
+    env = {e["name"]: e for e in task_env or ()}
+    for secret, keys in secrets.items():
+        env.update({k: {"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k, "optional": True}}}
+                    for k in keys})
+    ids = {RUN_ID_ENV: kfp_run_id(), PARENT_ENV: os.environ.get(PARENT_ENV, "")}
+    env.update({k: {"name": k, "value": v} for k, v in ids.items() if v})
+    return list(env.values())
 
 
 def _pod_patch(task_config: Any) -> dict:
@@ -71,12 +100,13 @@ def _pod_patch(task_config: Any) -> dict:
 
 
 def trainjob_manifest(name: str, namespace: str, image: str, command: list[str], num_nodes: int,
-                      num_proc_per_node: int, task_config: Any, timeout_s: int) -> dict:
+                      num_proc_per_node: int, task_config: Any, timeout_s: int, env: Optional[list] = None) -> dict:
     trainer = {"image": image, "command": command, "numNodes": num_nodes, "numProcPerNode": num_proc_per_node}
     if task_config.resources:
         trainer["resourcesPerNode"] = task_config.resources
-    if task_config.env:
-        trainer["env"] = task_config.env
+    env = task_config.env if env is None else env
+    if env:
+        trainer["env"] = env
     spec: dict[str, Any] = {"runtimeRef": {"name": RUNTIME}, "trainer": trainer, "activeDeadlineSeconds": timeout_s}
     pod = _pod_patch(task_config)
     if pod:
@@ -119,10 +149,16 @@ def wait_for(api: CustomObjectsApi, name: str, namespace: str, timeout_s: float,
         sleep(poll_s)
 
 
-def run_trainjob_task(stage: str, workspace: str, params: Mapping[str, Any], image: str, num_nodes: int,
-                      num_proc_per_node: int, timeout_s: int, task_config: Any, summary: Metrics,
-                      api: Optional[CustomObjectsApi] = None, namespace: Optional[str] = None) -> dict:
+def run_trainjob_task(stage: str, workspace: str, params: Mapping[str, Any], inputs: Mapping[str, Artifact],
+                      image: str, num_nodes: int, num_proc_per_node: int, timeout_s: int, task_config: Any,
+                      secrets: Optional[Mapping[str, Sequence[str]]] = None, api: Optional[CustomObjectsApi] = None,
+                      namespace: Optional[str] = None) -> dict:
+    """Launch the stage as a TrainJob, wait for it, return its summary (the stage's metrics file)."""
     spec = registry.get(stage)
+    missing = [k for k in spec.outputs if not artifacts.in_workspace(k)]
+    if missing:
+        raise StgtError(f"{stage}: output(s) {missing} are artifacts, which TrainJob nodes cannot publish; "
+                        "a TrainJob stage writes workspace outputs only")
     ws = Path(workspace)
     if api is None:
         from kubernetes import client, config
@@ -130,31 +166,11 @@ def run_trainjob_task(stage: str, workspace: str, params: Mapping[str, Any], ima
         config.load_incluster_config()
         api = client.CustomObjectsApi()
     namespace = namespace or Path(NAMESPACE_FILE).read_text().strip()
+    stage_inputs(spec, inputs, ws)
+    join_pipeline_run()
     command = stage_command(spec, ws, write_params_file(stage, params, ws))
     body = trainjob_manifest(job_name(stage), namespace, image, command, num_nodes, num_proc_per_node,
-                             task_config, timeout_s)
+                             task_config, timeout_s, env=node_env(task_config.env, secrets or {}))
     api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     wait_for(api, body["metadata"]["name"], namespace, timeout_s)
-    result = json.loads((ws / spec.metrics).read_text())
-    artifacts.log_summary(summary, result)
-    return result
-
-
-def trainjob_component() -> "PythonComponent":
-    @dsl.component(
-        base_image=images.cpu_image(), install_kfp_package=False,
-        task_config_passthroughs=[
-            dsl.TaskConfigField.RESOURCES, dsl.TaskConfigField.ENV, dsl.TaskConfigField.KUBERNETES_TOLERATIONS,
-            dsl.TaskConfigField.KUBERNETES_NODE_SELECTOR, dsl.TaskConfigField.KUBERNETES_AFFINITY,
-            dsl.TaskConfigField.KUBERNETES_VOLUMES,
-        ])
-    def launch_trainjob(stage: str, workspace: str, params: dict, image: str, num_nodes: int,
-                        num_proc_per_node: int, timeout_s: int, task_config: dsl.TaskConfig,
-                        summary: Output[Metrics]):
-        """Run a stage as a multi-node Kubeflow Trainer TrainJob and wait for it; params: {dotted key: value}."""
-        from components.kfp.trainjob import run_trainjob_task
-
-        run_trainjob_task(stage, workspace, params, image, num_nodes, num_proc_per_node, timeout_s, task_config,
-                          summary)
-
-    return launch_trainjob
+    return json.loads((ws / spec.metrics).read_text())

@@ -14,10 +14,10 @@ from kfp import compiler
 from components import registry
 from components.config import load_params
 from components.kfp import artifacts, fanout, frame_shards
-from components.kfp.exit_handler import finish_run_component
 from components.kfp.params import name_of, nested, pipeline_params, run_arguments
-from components.kfp.stage_components import StageInterface, collect_component, shard_component, stage_component
-from components.kfp.trainjob import trainjob_component
+from components.kfp.parent_run import finish_run_component, open_run_component
+from components.kfp.stage_components import (StageInterface, collect_component, publish_component, shard_component,
+                                             stage_component, trainjob_component)
 from components.manifest import COLUMNS, read_manifest, write_manifest
 from tests.conftest import REPO_ROOT
 
@@ -55,11 +55,20 @@ def test_typed_artifacts_for_small_outputs_and_html_view(tmp_path):
     assert validate["artifacts"]["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
 
 
-def test_shard_collect_plan_exit_and_trainjob_components_compile(tmp_path):
-    iface = interface("extract_frames")
+def test_shard_collect_plan_mlflow_run_and_trainjob_components_compile(tmp_path):
+    iface, pretrain = interface("extract_frames"), interface("pretrain")
     for component in (shard_component(iface), collect_component(iface), fanout.plan_component(),
-                      finish_run_component(), trainjob_component()):
+                      finish_run_component(), open_run_component(iface.params), trainjob_component(pretrain),
+                      publish_component(pretrain), stage_component(pretrain, distributed=True)):
         assert compile_alone(component, tmp_path)["deploymentSpec"]["executors"]
+
+
+def test_distributed_stage_component_takes_procs_and_returns_its_summary(tmp_path):
+    spec = compile_alone(stage_component(interface("pretrain"), distributed=True), tmp_path)
+    assert spec["root"]["inputDefinitions"]["parameters"]["procs_per_node"]["parameterType"] == "NUMBER_INTEGER"
+    assert spec["root"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRUCT"
+    source = inspect.getsource(trainjob_component(interface("pretrain")).python_func)
+    assert "run_trainjob_task(" in source and "'MLFLOW_TRACKING_URI'" in source and "stgt-cuda" in source
 
 
 def test_generated_source_is_what_kfp_ships():

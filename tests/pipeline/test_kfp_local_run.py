@@ -49,7 +49,8 @@ def test_run_local_runs_every_stage_and_publishes_typed_artifacts(tmp_path):
     run = next((tmp_path / "out").glob("stgt-pipeline-*"))
     tasks = {p.name for p in run.iterdir()}
     expected = {f"{s.name}-{item}" if item else s.name for s in registry.STAGES for item in (s.foreach or ("",))}
-    assert {t.replace("_", "-") for t in expected} | {"finish-run"} <= tasks
+    assert {t.replace("_", "-") for t in expected} | {"finish-run", "open-mlflow-run"} <= tasks
+    assert "pretrain-trainjob" not in tasks  # one node (the default): pretrain ran in its own task
 
     manifest = read_manifest(run / "prepare" / "dataset")  # the Dataset artifact is the manifest dataset
     assert len(manifest.table) > 0 and (run / "validate" / "report_html").read_text().lstrip().startswith("<")
@@ -75,3 +76,12 @@ def test_run_local_runs_every_stage_and_publishes_typed_artifacts(tmp_path):
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # the first version is promoted
         assert register[f"{task}.promoted"] == 1.0
     assert not (tmp_path / "out" / ".tmp").exists()  # kfp.local's per-task temp folders are cleaned up
+
+    # One MLflow parent for the pipeline run, every stage run (shards included) nested under it, closed FINISHED.
+    experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"]).experiment_id
+    parents = client.search_runs([experiment], filter_string="tags.`stgt.role` = 'pipeline'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["kfp.run_id"].startswith("local-")
+    stage_runs = client.search_runs([experiment], filter_string="tags.`stgt.role` = 'stage'")
+    assert {r.data.tags["stage"] for r in stage_runs} == {s.name for s in registry.STAGES}
+    assert {r.data.tags.get("mlflow.parentRunId") for r in stage_runs} == {parents[0].info.run_id}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -10,7 +11,7 @@ import yaml
 
 from components import registry
 from components.errors import StgtError
-from components.kfp import task_config
+from components.kfp import distributed, parent_run, task_config
 from components.registry import Resources, Stage
 from pipelines.stgt_pipeline import COMPILED, compile_pipeline
 from tests.conftest import REPO_ROOT
@@ -52,10 +53,28 @@ def stage_tasks(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, dict[s
     return {unit: tasks[task_name(unit)] for unit in stages if task_name(unit) in tasks}
 
 
-def stage_upstream(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, set[str]]:
-    """Stage -> the stages it depends on directly, walking through helper tasks (shard plans, loops)."""
+def enclosing(spec: dict[str, Any]) -> dict[str, str]:
+    """Task -> the task running the sub-DAG it sits in (exit handler, loop, condition), for nested tasks."""
     tasks = all_tasks(spec)
+    runs = {t["componentRef"]["name"]: name for name, t in tasks.items()}
+    return {name: runs[c] for c, comp in spec["components"].items() if "dag" in comp and c in runs
+            for name in comp["dag"]["tasks"]}
+
+
+def stage_upstream(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, set[str]]:
+    """Stage -> the stages it depends on directly, walking through helper tasks (shard plans, loops, publish
+    tasks) and into the sub-DAGs (condition branches) a dependency runs; a task nested in a condition depends on
+    what its condition group depends on."""
+    tasks = all_tasks(spec)
+    parent = enclosing(spec)
     unit_of = {task_name(u): u for u in stages if task_name(u) in tasks}
+    inside = {name: [n for n, p in parent.items() if p == name] for name in tasks}
+
+    def units_in(task: str) -> set[str]:
+        found = {unit_of[task]} if task in unit_of else set()
+        for child in inside[task]:
+            found |= units_in(child)
+        return found
 
     def upstream(task: str, seen: set[str]) -> set[str]:
         found: set[str] = set()
@@ -64,7 +83,10 @@ def stage_upstream(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, set
                 found.add(unit_of[dep])
             elif dep not in seen:
                 seen.add(dep)
-                found |= upstream(dep, seen)
+                found |= units_in(dep) or upstream(dep, seen)
+        if task in parent and parent[task] not in seen:  # a condition group's own dependencies
+            seen.add(parent[task])
+            found |= upstream(parent[task], seen)
         return found
 
     return {unit: upstream(task, set()) for task, unit in unit_of.items()}
@@ -187,7 +209,9 @@ def test_registry_gpu_stages_request_their_gpus_on_the_cuda_image(compiled):
     for unit, stage in gpu_units.items():  # every item of a foreach GPU stage included
         label = executor_of(spec, stage_tasks(spec, [unit])[unit])
         resources = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
-        assert resources["accelerator"]["resourceCount"] == str(stage.resources.gpus), unit
+        # A multi-node stage's pod takes its GPUs per node from a pipeline parameter (torchrun over them).
+        gpus = gpu_parameter(stage.name) if stage.name in distributed.STAGES else str(stage.resources.gpus)
+        assert resources["accelerator"]["resourceCount"] == gpus, unit
         assert (resources["resourceCpuLimit"], resources["resourceMemoryLimit"]) == (stage.resources.cpu,
                                                                                       stage.resources.memory)
         assert "stgt-cuda" in spec["deploymentSpec"]["executors"][label]["container"]["image"]
@@ -216,17 +240,21 @@ def test_foreach_stage_is_one_task_per_item_narrowing_its_list_param(compiled):
                     task_name(f"{stage.name}@{i}") for i in read}, unit
 
 
-def test_secrets_are_env_on_every_stage_shard_and_exit_task(compiled):
+def test_secrets_and_run_id_are_env_on_every_stage_shard_launcher_and_mlflow_task(compiled):
     spec, executors = compiled
+    # Helpers that touch neither MLflow nor S3: shard plans, publish tasks.
     labels = {executor_of(spec, t) for n, t in all_tasks(spec).items() if "dag" not in spec["components"][
-        t["componentRef"]["name"]] and not n.startswith("plan-shards")}
+        t["componentRef"]["name"]] and not n.startswith(("plan-shards", "publish-"))}
     assert labels >= {"exec-prepare", "exec-validate", "exec-extract-frames", "exec-extract-frames-shard",
-                      "exec-finish-run"}
+                      "exec-finish-run", "exec-open-mlflow-run", "exec-pretrain", "exec-pretrain-trainjob"}
     for label in labels:
         mounted = {s["secretNameParameter"]["componentInputParameter"].split("--")[-1]:
                    {k["envVar"] for k in s["keyToEnv"]} for s in executors[label]["secretAsEnv"]}
         assert mounted == {"mlflow_secret": set(task_config.MLFLOW_SECRET_KEYS),
                            "s3_secret": set(task_config.S3_SECRET_KEYS)}, label
+        # The run id from the pod label, not an input: an input would change cacheable tasks' keys every run.
+        assert executors[label]["fieldPathAsEnv"] == [
+            {"fieldPath": f"metadata.labels['{parent_run.RUN_ID_LABEL}']", "name": parent_run.RUN_ID_ENV}], label
 
 
 def test_caching_follows_registry_and_is_off_for_workspace_writers_and_mutable_state(with_gpu_stage):
@@ -254,3 +282,61 @@ def test_stage_whose_input_no_stage_produces_is_refused(tmp_path):
     orphan = replace(FAKE_TRAIN, name="orphan", inputs={"frames": "data/nowhere"})
     with pytest.raises(StgtError, match="produced by no stage"):
         compile_pipeline(tmp_path / "p.yaml", PARAMS, stages=(*registry.STAGES, orphan))
+
+
+# -- multi-node training and the MLflow parent run ------------------------------------------------------------------
+def gpu_parameter(stage: str) -> str:
+    return f"{{{{$.inputs.parameters['pipelinechannel--{stage}_procs_per_node']}}}}"
+
+
+def test_multi_node_stage_branches_to_a_trainjob_launcher_or_its_own_pod(compiled):
+    spec, executors = compiled
+    tasks, parent = all_tasks(spec), enclosing(spec)
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    for stage in distributed.STAGES:
+        name = task_name(stage)
+        assert inputs[f"{stage}_num_nodes"]["defaultValue"] == 1
+        assert inputs[f"{stage}_procs_per_node"]["defaultValue"] == 1
+        launcher, single = tasks[f"{name}-trainjob"], tasks[name]
+        # Two branches of one If/Else on the node count.
+        branches = {parent[f"{name}-trainjob"]: "launcher", parent[name]: "single"}
+        conditions = {branches[t]: tasks[t]["triggerPolicy"]["condition"] for t in branches}
+        assert parent[parent[f"{name}-trainjob"]] == parent[parent[name]]
+        assert conditions["launcher"] == f"int(inputs.parameter_values['pipelinechannel--{stage}_num_nodes']) > 1"
+        assert conditions["single"] == f"!({conditions['launcher']})"
+        # Both ask for GPUs per node from procs_per_node; the launcher forwards them (and placement) to the TrainJob.
+        for task in (launcher, single):
+            label = executor_of(spec, task)
+            container = spec["deploymentSpec"]["executors"][label]["container"]
+            assert container["resources"]["accelerator"]["resourceCount"] == gpu_parameter(stage)
+            assert executors[label]["tolerations"] and executors[label]["nodeSelector"]
+            assert task["cachingOptions"] == {}  # off: both write the run's workspace
+        launcher_component = spec["components"][launcher["componentRef"]["name"]]
+        assert "stgt-cpu" in spec["deploymentSpec"]["executors"][executor_of(spec, launcher)]["container"]["image"]
+        assert {"num_nodes", "procs_per_node", "timeout_s", "task_config"} <= set(
+            launcher_component["inputDefinitions"]["parameters"])
+        passthroughs = {p["field"]: p.get("applyToTask", False) for p in launcher_component["taskConfigPassthroughs"]}
+        assert passthroughs["RESOURCES"] is False and passthroughs["KUBERNETES_VOLUMES"] is True
+        assert single["inputs"]["parameters"]["procs_per_node"]["componentInputParameter"].endswith(
+            f"{stage}_procs_per_node")
+        # Downstream stages read the outputs through the publish task, which takes whichever branch's summary ran.
+        publish = tasks[f"publish-{name}"]
+        assert publish["dependentTasks"] == [parent[parent[name]]]
+        assert "oneof" in json.dumps(publish["inputs"]["parameters"]["result"])
+
+
+def test_a_first_task_opens_the_mlflow_parent_run_and_the_exit_task_closes_it(compiled):
+    spec, _ = compiled
+    tasks = all_tasks(spec)
+    opener = tasks["open-mlflow-run"]
+    assert "dependentTasks" not in opener and opener["cachingOptions"] == {}
+    given = opener["inputs"]["parameters"]
+    assert given["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert given["kfp_run_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+    assert "pretrain__stage1__steps" in given  # every tunable, for the parent's params and params_hash
+    sources = [task_name(u) for u, (s, _) in units().items() if not s.inputs]
+    assert sources and all("open-mlflow-run" in tasks[t]["dependentTasks"] for t in sources)
+    finish = tasks["finish-run"]
+    assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert finish["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert "status" in finish["inputs"]["parameters"]

@@ -118,15 +118,39 @@ def test_wait_tolerates_a_few_api_errors_but_not_many():
         trainjob.wait_for(down, "j", "ns", timeout_s=600, poll_s=1, clock=clock, sleep=clock.sleep)
 
 
-def test_run_task_creates_waits_and_reports_the_stage_summary(tmp_path, monkeypatch):
+def test_run_task_stages_artifact_inputs_creates_waits_and_returns_the_stage_summary(tmp_path, monkeypatch):
     from components import registry
 
     monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, STAGE.name: STAGE})
-    (tmp_path / "reports").mkdir()
-    (tmp_path / STAGE.metrics).write_text('{"stage": "pretrain", "loss": 0.5}')
+    monkeypatch.setenv("STGT_TRACKING", "off")
+    monkeypatch.setenv("KFP_RUN_ID", "run-1")
+    ws = tmp_path / "ws"
+    (ws / "reports").mkdir(parents=True)
+    (ws / STAGE.metrics).write_text('{"stage": "pretrain", "loss": 0.5}')
+    downloaded = tmp_path / "artifact" / "frames"  # an artifact input, as KFP downloads it into the launcher pod
+    (downloaded / "sub").mkdir(parents=True)
+    (downloaded / "sub" / "x.txt").write_text("x")
+    monkeypatch.setattr(trainjob.artifacts, "in_workspace", lambda key: key != "frames")
     api = FakeTrainJobApi([condition("Complete")])
-    summary = SimpleNamespace(logged={}, log_metric=lambda k, v: summary.logged.__setitem__(k, v))
-    result = trainjob.run_trainjob_task("pretrain", str(tmp_path), {"extract_frames.num_frames": 4}, "img:1", 2, 1,
-                                        60, TASK_CONFIG, summary, api=api, namespace="team")
-    assert result["loss"] == 0.5 and summary.logged == {"loss": 0.5}
-    assert api.created[0]["metadata"]["namespace"] == "team"
+    result = trainjob.run_trainjob_task("pretrain", str(ws), {"extract_frames.num_frames": 4},
+                                        {"frames": SimpleNamespace(path=str(downloaded))}, "img:1", 2, 1, 60,
+                                        TASK_CONFIG, {"stgt-mlflow": ["MLFLOW_TRACKING_URI"]}, api=api,
+                                        namespace="team")
+    assert result["loss"] == 0.5
+    assert (ws / "data" / "frames" / "sub" / "x.txt").read_text() == "x"  # where the nodes read it
+    body = api.created[0]
+    assert body["metadata"]["namespace"] == "team"
+    env = {e["name"]: e for e in body["spec"]["trainer"]["env"]}
+    assert env["NCCL_DEBUG"]["value"] == "WARN" and env["KFP_RUN_ID"]["value"] == "run-1"
+    # Secrets travel as references, never as values.
+    assert env["MLFLOW_TRACKING_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "stgt-mlflow", "key": "MLFLOW_TRACKING_URI", "optional": True}
+
+
+def test_run_task_refuses_a_stage_with_artifact_outputs(tmp_path, monkeypatch):
+    from components import registry
+
+    monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, "validate": registry.get("validate")})
+    with pytest.raises(trainjob.StgtError, match="workspace outputs only"):
+        trainjob.run_trainjob_task("validate", str(tmp_path), {}, {}, "img:1", 2, 1, 60, TASK_CONFIG,
+                                   api=FakeTrainJobApi([]), namespace="team")
