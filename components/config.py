@@ -149,8 +149,8 @@ class LossWeightsConfig(Section):
     vtg: float = Field(1.0, ge=0.0)
 
 
-THREADS_HELP = ("CPU threads for torch (None: torch's default). 1 by default: on a loaded 2-core host, "
-                "OpenMP's barrier waits made 2 threads ~4x slower per step than 1")
+THREADS_HELP = ("CPU threads for torch (None: torch's default, all cores). Set 1 on a host shared with other "
+                "busy jobs: there OpenMP's barrier waits made 2 threads ~4x slower per step than 1")
 
 
 class TrainSettings(Section):
@@ -170,7 +170,7 @@ class TrainSettings(Section):
     seed: int = 42
     checkpoint_every: int = Field(50, gt=0, description="steps between resumable checkpoints")
     log_every: int = Field(10, gt=0)
-    threads: int | None = Field(1, ge=1, description=THREADS_HELP)
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainSettings":
@@ -221,7 +221,7 @@ class EvaluateConfig(Section):
     dual_softmax: bool = Field(False, description="also report inference-time dual softmax (never instead)")
     batch_size: int = Field(64, gt=0)
     max_text_len: int | None = Field(None, gt=1, description="None: model.qformer.max_text_len")
-    threads: int | None = Field(1, ge=1, description=THREADS_HELP)
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
 
 
 class GateMetrics(Section):

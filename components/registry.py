@@ -68,7 +68,7 @@ STAGES: tuple[Stage, ...] = (
         help="Build the video-text corpus and its manifest (synthetic by default, or a folder of your own videos).",
         params=("prepare",),
         outputs={"dataset": "data/prepared"},
-        code=("components/sources",),
+        code=("components/sources", "components/manifest.py", "components/remote_media.py"),
     ),
     Stage(
         name="validate",
@@ -76,7 +76,7 @@ STAGES: tuple[Stage, ...] = (
         params=("validate",),
         inputs={"dataset": "data/prepared"},
         outputs={"report": "reports/validate"},
-        code=("components/suites", "components/gx.py"),
+        code=("components/suites", "components/gx.py", "components/manifest.py", "components/remote_media.py"),
     ),
     Stage(
         name="extract_frames",
@@ -84,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
         params=("extract_frames",),
         inputs={"dataset": "data/prepared", "validation": "reports/validate"},
         outputs={"frames": "data/frames"},
-        code=("stgt_model/video", "components/suites", "components/gx.py"),
+        code=("stgt_model/video", "components/suites", "components/gx.py", "components/remote_media.py"),
     ),
     Stage(
         name="build_graphs",

@@ -86,6 +86,8 @@ class QFormerConfig(StrictModel):
     vocab_size: int = Field(30522, gt=0)  # the BERT vocabulary; the model adds one row for the [DEC] bos token
     max_position_embeddings: int = Field(512, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # Std of the normal init of every Q-Former weight trained from scratch (BERT's initializer_range, official 0.02).
+    initializer_range: float = Field(0.02, gt=0.0)
     # Deviation for small data / CPU budgets: None trains every layer (official); N freezes the text side
     # (embeddings, shared self-attention, text FFN) of all but the last N layers, keeping the queries' FFNs and
     # cross-attention trainable. Applied where stages build the model (components/pretrain.py::build_model).

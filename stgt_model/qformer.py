@@ -125,6 +125,7 @@ def hf_qformer_config(cfg: QFormerConfig, encoder_width: int) -> Blip2QFormerCon
         encoder_hidden_size=encoder_width,
         use_qformer_text_input=True,  # the text FFN (intermediate/output) next to the query FFN
         pad_token_id=0,
+        initializer_range=cfg.initializer_range,
     )
 
 
