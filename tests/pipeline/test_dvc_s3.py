@@ -32,7 +32,7 @@ DATA_STAGES = ("prepare", "validate", "extract_frames", "build_graphs")
 LAST_DATA_STAGE = DATA_STAGES[-1]
 DATA = [path for stage in DATA_STAGES for path in registry.get(stage).outputs.values()]
 # test_dvc_repro's tiny corpus, plus a backbone input matching the 32 px frames and a CPU build_graphs (the tiny
-# model alone would keep params.yaml's 128 px backbone.image_size: 16x the tokens, from upsampled frames).
+# model alone would keep params.yaml's 96 px backbone.image_size: 9x the tokens, from upsampled frames).
 PARAMS = {**TINY_PARAMS, "model": {"preset": "tiny", "backbone": {"image_size": 32}},
           "build_graphs": {"batch_size": 8, "device": "cpu"}}
 
