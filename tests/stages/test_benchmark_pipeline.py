@@ -40,6 +40,23 @@ def msrvtt_folder(tmp_path: Path, real_media: Path) -> tuple[Path, Path]:
     return ann, videos
 
 
+
+def jsfusion_sentences(ann: Path) -> dict[str, str]:
+    """video id -> its caption in the MSR-VTT 1k-A test CSV."""
+    with open(ann / "MSRVTT_JSFUSION_test.csv", newline="") as fh:
+        return {r["video_id"]: r["sentence"] for r in csv.DictReader(fh)}
+
+
+def validate_then_extract(params: Path, overrides: list[str], dataset: Path, report: Path, frames: Path) -> dict:
+    """validate (which must pass), then extract_frames; returns extract_frames' summary."""
+    validated = run_stage("validate", params_path=params, overrides=overrides, inputs={"dataset": dataset},
+                          outputs={"report": report}, metrics_path=report.parent / "validate.json")
+    assert validated["success"]
+    return run_stage("extract_frames", params_path=params, overrides=overrides,
+                     inputs={"dataset": dataset, "validation": report}, outputs={"frames": frames},
+                     metrics_path=frames.parent / "frames.json")
+
+
 def test_msrvtt_1ka_prepare_validate_extract_frames(tmp_path, msrvtt_folder):
     ann, videos = msrvtt_folder
     overrides = ["prepare.preset=msrvtt_1ka", f"prepare.benchmark.root={videos}", f"prepare.benchmark.annotations_dir={ann}",
@@ -54,8 +71,7 @@ def test_msrvtt_1ka_prepare_validate_extract_frames(tmp_path, msrvtt_folder):
     assert prepared["splits"] == {"test": 3, "train": 2}
 
     manifest = read_manifest(dataset).table.set_index("video_id")
-    with open(ann / "MSRVTT_JSFUSION_test.csv", newline="") as fh:
-        sentence = {r["video_id"]: r["sentence"] for r in csv.DictReader(fh)}
+    sentence = jsfusion_sentences(ann)
     for video_id in ("video9770", "video9771", "video9772"):
         assert manifest.loc[video_id, "captions"].tolist() == [sentence[video_id]]
         assert manifest.loc[video_id, "split"] == "test" and manifest.loc[video_id, "path"] == f"{video_id}.mp4"
@@ -67,13 +83,7 @@ def test_msrvtt_1ka_prepare_validate_extract_frames(tmp_path, msrvtt_folder):
     assert "Suite `benchmark_captions` passed" in card
     assert len(pd.read_csv(dataset / "missing_videos.csv")) == 997
 
-    validated = run_stage("validate", params_path=params, overrides=overrides, inputs={"dataset": dataset},
-                          outputs={"report": report}, metrics_path=tmp_path / "validate.json")
-    assert validated["success"]
-
-    extracted = run_stage("extract_frames", params_path=params, overrides=overrides,
-                          inputs={"dataset": dataset, "validation": report}, outputs={"frames": frames},
-                          metrics_path=tmp_path / "frames.json")
+    extracted = validate_then_extract(params, overrides, dataset, report, frames)
     index = pd.read_parquet(frames / "index.parquet")
     assert sorted(index.video_id) == sorted(CLIPS)
     assert json.loads((frames / "quarantine.json").read_text()) == []
@@ -135,8 +145,7 @@ def test_msrvtt_1ka_from_an_s3_root(tmp_path, msrvtt_folder, s3):
     manifest = read_manifest(dataset)
     assert manifest.data_root == root
     table = manifest.table.set_index("video_id")
-    with open(ann / "MSRVTT_JSFUSION_test.csv", newline="") as fh:
-        sentence = {r["video_id"]: r["sentence"] for r in csv.DictReader(fh)}
+    sentence = jsfusion_sentences(ann)
     for video_id in ("video9770", "video9771"):
         assert table.loc[video_id, "captions"].tolist() == [sentence[video_id]]
         assert table.loc[video_id, "path"] == f"all/{video_id}.mp4"
@@ -146,13 +155,7 @@ def test_msrvtt_1ka_from_an_s3_root(tmp_path, msrvtt_folder, s3):
     assert len(missing) == 998 and absent in set(missing.video_id)
     assert "| test | 1,000 | 1,000 | 2 | 998 |" in (dataset / "data_card.md").read_text()
 
-    validated = run_stage("validate", params_path=params, overrides=overrides, inputs={"dataset": dataset},
-                          outputs={"report": report}, metrics_path=tmp_path / "validate.json")
-    assert validated["success"]
-
-    extracted = run_stage("extract_frames", params_path=params, overrides=overrides,
-                          inputs={"dataset": dataset, "validation": report}, outputs={"frames": frames},
-                          metrics_path=tmp_path / "frames.json")
+    extracted = validate_then_extract(params, overrides, dataset, report, frames)
     assert extracted["extracted"] == 4 and extracted["quarantined"] == 0
     assert sorted(pd.read_parquet(frames / "index.parquet").video_id) == sorted(set(CLIPS) - {absent})
     shard = np.load(sorted((frames / "shards").glob("*.npy"))[0], mmap_mode="r")
