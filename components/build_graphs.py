@@ -40,10 +40,10 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from components.atomic import atomic_dir, failed_dir, keep_evidence, write_json
+from components.atomic import atomic_dir, failed_dir
 from components.config import BuildGraphsConfig, Params, write_resolved
 from components.errors import StageFailed, StgtError
-from components.gx import validate_dataframe
+from components.gx import gate
 from components.manifest import read_manifest
 from stgt_model.backbones import VisionBackbone
 from stgt_model.data import INDEX_NAME, SHARDS_ROOT_KEY, STORE_KIND_KEY, normalise_frames
@@ -255,16 +255,10 @@ def gate_graphs(stats: pd.DataFrame, cfg: BuildGraphsConfig, num_frames: int, pa
                 failed: Path) -> None:
     # A node's neighbours all lie in its frame window (self loop included), which bounds the mean degree.
     nodes_per_window = min(2 * GRAPH_WINDOW + 1, num_frames) * patches_per_frame
-    suite = validate_dataframe(stats, suite="graphs",
-                               expectations_kwargs={"max_mean_degree": nodes_per_window,
-                                                    "max_isolated_share": cfg.max_isolated_share},
-                               html_path=tmp / "graphs_suite.html",
-                               title=f"Token graphs ({len(stats)} clips, {num_frames}x{patches_per_frame} nodes)")
-    write_json(tmp / "graphs_suite.json", suite.as_dict())
-    if not suite.success:
-        keep_evidence(tmp, failed, ["graphs_suite.html", "graphs_suite.json", "graph_stats.parquet"])
-        lines = "\n".join(f"- {s}" for s in suite.summary)
-        raise StageFailed(f"build_graphs: graphs suite failed; report: {failed / 'graphs_suite.html'}\n{lines}")
+    gate("build_graphs", stats, "graphs",
+         {"max_mean_degree": nodes_per_window, "max_isolated_share": cfg.max_isolated_share}, tmp, failed,
+         title=f"Token graphs ({len(stats)} clips, {num_frames}x{patches_per_frame} nodes)",
+         evidence=("graph_stats.parquet",))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from components.atomic import atomic_dir, failed_dir, keep_evidence, write_json
 from components.config import ExtractFramesConfig, Params, write_resolved
 from components.errors import StageFailed
-from components.gx import validate_dataframe
+from components.gx import gate
 from components.manifest import Manifest, read_manifest
 from components.remote_media import read_clips_fetched
 from stgt_model.video.decode import ClipFailure, ClipRequest, DecodedClip
@@ -88,16 +88,9 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
 
         pd.DataFrame(index_rows, columns=INDEX_COLUMNS).to_parquet(tmp / "index.parquet", index=False)
         write_resolved(params, ["extract_frames"], tmp / "config.resolved.yaml")
-        suite = validate_dataframe(pd.DataFrame(stats_rows, columns=STATS_COLUMNS), suite="frames",
-                                   expectations_kwargs={"num_frames": cfg.num_frames, "size": cfg.size},
-                                   html_path=tmp / "frames_suite.html",
-                                   title=f"Frame shards ({n_ok} clips, {cfg.num_frames}x{cfg.size}px)")
-        write_json(tmp / "frames_suite.json", suite.as_dict())
-        if not suite.success:
-            keep_evidence(tmp, failed, ["frames_suite.html", "frames_suite.json", "quarantine.json"])
-            lines = "\n".join(f"- {s}" for s in suite.summary)
-            raise StageFailed(
-                f"extract_frames: frames suite failed; report: {failed / 'frames_suite.html'}\n{lines}")
+        gate("extract_frames", pd.DataFrame(stats_rows, columns=STATS_COLUMNS), "frames",
+             {"num_frames": cfg.num_frames, "size": cfg.size}, tmp, failed,
+             title=f"Frame shards ({n_ok} clips, {cfg.num_frames}x{cfg.size}px)", evidence=("quarantine.json",))
     shutil.rmtree(failed, ignore_errors=True)
 
     extracted_ids = {r["video_id"] for r in index_rows}

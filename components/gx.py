@@ -103,6 +103,25 @@ def validate_dataframe(
     return out
 
 
+def gate(stage: str, df: pd.DataFrame, suite: str, expectations_kwargs: dict[str, Any], tmp: Path, failed: Path,
+         title: str, evidence: tuple[str, ...] = ()) -> SuiteResult:
+    """A stage's quality gate on its own output: `<suite>_suite.html/.json` go into the temporary output `tmp`;
+    on failure they (and the `evidence` files of tmp) are kept in `failed` and StageFailed names the report and
+    each failed expectation, so the previous good output stays in place."""
+    from components.atomic import keep_evidence, write_json  # stage plumbing, not needed to validate a frame
+    from components.errors import StageFailed
+
+    report = f"{suite}_suite.html"
+    result = validate_dataframe(df, suite=suite, expectations_kwargs=expectations_kwargs, html_path=tmp / report,
+                                title=title)
+    write_json(tmp / f"{suite}_suite.json", result.as_dict())
+    if not result.success:
+        keep_evidence(tmp, failed, [report, f"{suite}_suite.json", *evidence])
+        lines = "\n".join(f"- {s}" for s in result.summary)
+        raise StageFailed(f"{stage}: {suite} suite failed; report: {failed / report}\n{lines}")
+    return result
+
+
 def _explain(row: dict[str, Any]) -> str:
     column = row["kwargs"].get("column") or row["kwargs"].get("column_list") or ""
     what = f"{row['expectation']}({column})" if column else row["expectation"]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import extract_frames
+from components import extract_frames, gx
 from components.config import Params
 from components.errors import StageFailed
 from components.gx import SuiteResult
@@ -141,7 +141,7 @@ def test_failed_suite_keeps_the_previous_output(dataset, tmp_path, monkeypatch):
         Path(html_path).write_text("FAILED")
         return SuiteResult("frames", False, ["is_blank: 5 of 5 rows fail"], {})
 
-    monkeypatch.setattr(extract_frames, "validate_dataframe", failing_suite)
+    monkeypatch.setattr(gx, "validate_dataframe", failing_suite)  # the stage gates through components.gx.gate
     with pytest.raises(StageFailed, match="frames suite failed"):
         run(params(), dataset, out)
     assert [p.name for p in out.iterdir()] == ["previous.txt"]
