@@ -202,7 +202,12 @@ def train_contrastive(model: STGTModel, model_cfg: ModelConfig, phase: Contrasti
                 losses=phase.losses)
         return weighted_total(out, phase.losses, phase.weights)
 
-    return train(model, loss_fn, data, cfg, out_dir, log=log, collate_fn=collate)
+    # Frozen text layers: run them once per caption, not every step (a deterministic prefix of the text pass).
+    model.cache_frozen_text(model.frozen_text_layers() > 0)
+    try:
+        return train(model, loss_fn, data, cfg, out_dir, log=log, collate_fn=collate)
+    finally:
+        model.cache_frozen_text(False)
 
 
 def curve_logger(path: Path, phase: str) -> LogFn:

@@ -59,6 +59,12 @@ class STGTConfig(StrictModel):
     graph_mode: Literal["graph", "plain"] = "graph"  # plain = the "no graph" ablation (§1.3(e))
     attention_impl: Literal["auto", "dense", "block_sparse", "flex"] = "auto"
     attn_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # Std of the learnable temporal embedding's trunc-normal init (official 0.02). At 0.02 the frame-order signal
+    # is ~30x smaller than the tokens it is added to, and a short run never learns to use it (README "Results").
+    time_embed_std: float = Field(0.02, gt=0.0)
+    # None: the official init (trunc-normal 0.02 linears, xavier attention in-projections). A number: that std for
+    # every weight matrix of the blocks; the official scale suits widths near 1408, not a narrow CPU module.
+    init_std: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> STGTConfig:
@@ -92,6 +98,9 @@ class QFormerConfig(StrictModel):
     # (embeddings, shared self-attention, text FFN) of all but the last N layers, keeping the queries' FFNs and
     # cross-attention trainable. Applied where stages build the model (components/pretrain.py::build_model).
     trainable_text_layers: int | None = Field(None, ge=0)
+    # The text feature: the [CLS] output (official) or the mean over the caption's tokens, which is how MiniLM
+    # (a sentence-transformers model) was trained to embed sentences. A named deviation for the embedded default.
+    text_pooling: Literal["cls", "mean"] = "cls"
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> QFormerConfig:

@@ -73,6 +73,8 @@ class STGTModel(nn.Module):
                 graph_mode=stgt.graph_mode,
                 attention_impl=stgt.attention_impl,
                 in_dim=backbone.out_dim,
+                time_embed_std=stgt.time_embed_std,
+                init_std=stgt.init_std,
             )
         else:
             self.mean_pool = MeanPoolFrames(backbone.out_dim, width)
@@ -86,6 +88,7 @@ class STGTModel(nn.Module):
         self.itm_head = nn.Linear(hidden, 2)
         self.temp = nn.Parameter(torch.tensor(cfg.loss.temp_init))
         self.qa_head = QAHead(hidden, cfg.qa.num_answers, cfg.qa.hidden_multiplier) if cfg.qa.num_answers else None
+        self._text_cache: dict[tuple[int, ...], Tensor] | None = None  # see cache_frozen_text
 
     # -- video and text encoders ------------------------------------------------------------------------------
 
@@ -110,9 +113,75 @@ class STGTModel(nn.Module):
         return query_states, F.normalize(self.vision_proj(query_states), dim=-1)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """-> ([CLS] state (B, H), text feature (B, E) L2-normalised)."""
-        cls_state = self.qformer.text_pass(input_ids, attention_mask)[:, 0]
-        return cls_state, F.normalize(self.text_proj(cls_state), dim=-1)
+        """-> (pooled state (B, H), text feature (B, E) L2-normalised); pooled = [CLS] or the token mean
+        (config.qformer.text_pooling)."""
+        if self._text_cache is not None:
+            pooled = self._cached_text_states(input_ids, attention_mask)
+        else:
+            pooled = self._pool_text(self.qformer.text_pass(input_ids, attention_mask), attention_mask)
+        return pooled, F.normalize(self.text_proj(pooled), dim=-1)
+
+    def _pool_text(self, states: Tensor, attention_mask: Tensor) -> Tensor:
+        if self.config.qformer.text_pooling == "mean":
+            weights = attention_mask.unsqueeze(-1).to(states.dtype)
+            return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return states[:, 0]
+
+    # -- caching the frozen part of the text pass (training with qformer.trainable_text_layers) ------------------
+
+    def frozen_text_layers(self) -> int:
+        """How many leading Q-Former layers the text pass runs with frozen weights: 0 when the embeddings train or
+        dropout is on (a caption would not encode the same twice)."""
+        qformer = self.qformer
+        embeddings = [qformer.embeddings.word_embeddings, qformer.embeddings.position_embeddings, qformer.bert.layernorm]
+        if self.config.qformer.dropout > 0 or any(p.requires_grad for m in embeddings for p in m.parameters()):
+            return 0
+        count = 0
+        for layer in qformer.bert.encoder.layer:
+            if any(p.requires_grad for m in (layer.attention, layer.intermediate, layer.output) for p in m.parameters()):
+                break
+            count += 1
+        return count
+
+    def cache_frozen_text(self, enabled: bool) -> None:
+        """Memoise each caption's text states after the frozen layers (frozen_text_layers), so that a training step
+        runs only the trainable rest; a step of the contrastive phase otherwise spends about half its time
+        re-encoding captions it has seen before. Off again with False (the cache holds no gradient)."""
+        self._text_cache = None
+        if enabled:
+            if self.frozen_text_layers() == 0:
+                raise ValueError("cache_frozen_text needs frozen text layers (qformer.trainable_text_layers below "
+                                 "qformer.num_layers) and qformer.dropout 0")
+            self._text_cache = {}
+
+    def _cached_text_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Pooled states; each caption's frozen prefix comes from the cache (the whole pooled state when every
+        text layer is frozen, else its per-token states after the frozen layers)."""
+        cache = self._text_cache
+        assert cache is not None
+        frozen = self.frozen_text_layers()
+        whole = frozen == len(self.qformer.bert.encoder.layer)
+        keys = [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(input_ids, attention_mask)]
+        first_row: dict[tuple[int, ...], int] = {}
+        for row, key in enumerate(keys):
+            first_row.setdefault(key, row)
+        new = [key for key in first_row if key not in cache]
+        if new:
+            rows = torch.tensor([first_row[key] for key in new], device=input_ids.device)
+            ids, mask = input_ids[rows], attention_mask[rows]
+            with torch.no_grad():
+                prefix = self.qformer.text_prefix(ids, mask, frozen)
+                states = self._pool_text(prefix, mask) if whole else [h[m.bool()] for h, m in zip(prefix, mask)]
+            cache.update(zip(new, states))
+        if whole:
+            return torch.stack([cache[key] for key in keys])
+        lengths = [len(key) for key in keys]
+        hidden = cache[keys[0]].new_zeros(len(keys), max(lengths), cache[keys[0]].shape[-1])
+        mask = attention_mask.new_zeros(len(keys), max(lengths))
+        for row, (key, length) in enumerate(zip(keys, lengths)):
+            hidden[row, :length] = cache[key]
+            mask[row, :length] = 1
+        return self._pool_text(self.qformer.text_suffix(hidden, mask, frozen), mask)
 
     @staticmethod
     def similarity(video_feat: Tensor, text_feat: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import BertTokenizer, Blip2QFormerConfig, Blip2QFormerModel
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 
 from stgt_model.config import QFormerConfig
@@ -199,6 +200,25 @@ class QFormer(nn.Module):
     def text_pass(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Unimodal bidirectional text -> (B, L, H); the text feature is position 0 ([CLS])."""
         return self._run(self.embeddings(input_ids=input_ids), 0, attention_mask, None)
+
+    def text_prefix(self, input_ids: Tensor, attention_mask: Tensor, num_layers: int) -> Tensor:
+        """The unimodal text pass stopped after its first `num_layers` layers -> (B, L, H).
+        text_suffix(text_prefix(ids, mask, k), mask, k) is text_pass(ids, mask)."""
+        hidden = self.bert.dropout(self.bert.layernorm(self.embeddings(input_ids=input_ids)))
+        return self._text_layers(hidden, attention_mask, 0, num_layers)
+
+    def text_suffix(self, hidden: Tensor, attention_mask: Tensor, start_layer: int) -> Tensor:
+        """The rest of the unimodal text pass, from layer `start_layer` on -> (B, L, H)."""
+        return self._text_layers(hidden, attention_mask, start_layer, len(self.bert.encoder.layer))
+
+    def _text_layers(self, hidden: Tensor, attention_mask: Tensor, start: int, stop: int) -> Tensor:
+        layers = self.bert.encoder.layer[start:stop]
+        if len(layers) == 0:
+            return hidden
+        mask = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for layer in layers:
+            hidden = layer(hidden, mask, None, query_length=0)
+        return hidden
 
     def matching_pass(
         self, query_tokens: Tensor, video_tokens: Tensor, input_ids: Tensor, attention_mask: Tensor

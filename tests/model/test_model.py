@@ -174,3 +174,75 @@ def test_padding_does_not_change_the_losses():
         trimmed = model(ids[:, :8], mask[:, :8], frames=frames, losses=("csal", "vtm", "vtg"))
     for name in padded:
         assert torch.allclose(padded[name], trimmed[name], atol=1e-5), name
+
+
+def test_mean_text_pooling_averages_the_caption_tokens_only():
+    model = tiny_model(qformer={"text_pooling": "mean"}).eval()
+    ids, mask = text_batch(model.config)
+    with torch.no_grad():
+        pooled, feat = model.encode_text(ids, mask)
+        states = model.qformer.text_pass(ids, mask)
+    assert torch.allclose(pooled[0], states[0, :6].mean(dim=0), atol=1e-6)  # the padded caption: its 6 tokens
+    assert torch.allclose(pooled[1], states[1].mean(dim=0), atol=1e-6)
+    assert torch.allclose(feat.norm(dim=-1), torch.ones(BATCH))
+    cls_model = tiny_model().eval()
+    with torch.no_grad():
+        assert torch.allclose(cls_model.encode_text(ids, mask)[0], cls_model.qformer.text_pass(ids, mask)[:, 0])
+
+
+def frozen_text_model(trainable_layers=0, pooling="mean"):
+    from components.pretrain import freeze_text_layers
+
+    model = tiny_model(qformer={"dropout": 0.0, "text_pooling": pooling})
+    freeze_text_layers(model, trainable_layers)
+    return model
+
+
+@pytest.mark.parametrize("trainable_layers, pooling", [(0, "mean"), (1, "mean"), (1, "cls")])
+def test_frozen_text_cache_gives_the_uncached_features_and_encodes_each_caption_once(
+    monkeypatch, trainable_layers, pooling
+):
+    model = frozen_text_model(trainable_layers, pooling)
+    assert model.frozen_text_layers() == model.config.qformer.num_layers - trainable_layers
+    ids, mask = text_batch(model.config)
+    expected = model.encode_text(ids, mask)[1]
+    model.cache_frozen_text(True)
+    calls = []
+    original = model.qformer.text_prefix
+    monkeypatch.setattr(model.qformer, "text_prefix", lambda i, m, k: calls.append(len(i)) or original(i, m, k))
+    first = model.encode_text(ids, mask)[1]
+    # the same captions again, re-ordered and padded to another width: all from the cache
+    order = torch.tensor([2, 0, 3, 1])
+    wider_ids = torch.cat([ids[order], torch.zeros(BATCH, 3, dtype=ids.dtype)], dim=1)
+    wider_mask = torch.cat([mask[order], torch.zeros(BATCH, 3, dtype=mask.dtype)], dim=1)
+    again = model.encode_text(wider_ids, wider_mask)[1]
+    assert calls == [BATCH]
+    assert torch.allclose(first, expected, atol=1e-5) and torch.allclose(again, expected[order], atol=1e-5)
+    first.sum().backward()  # text_proj, and the trainable layer, still train
+    assert model.text_proj.weight.grad is not None and model.text_proj.weight.grad.any()
+    last_ffn = model.qformer.bert.encoder.layer[-1].intermediate.dense.weight
+    assert (last_ffn.grad is not None and last_ffn.grad.any()) == (trainable_layers > 0)
+    model.cache_frozen_text(False)
+    assert torch.allclose(model.encode_text(ids, mask)[1], expected, atol=1e-5)
+    assert calls == [BATCH]
+
+
+def test_text_prefix_and_suffix_make_the_text_pass():
+    model = tiny_model().eval()
+    ids, mask = text_batch(model.config)
+    with torch.no_grad():
+        whole = model.qformer.text_pass(ids, mask)
+        for layers in range(model.config.qformer.num_layers + 1):
+            prefix = model.qformer.text_prefix(ids, mask, layers)
+            assert torch.allclose(model.qformer.text_suffix(prefix, mask, layers), whole, atol=1e-6)
+
+
+def test_text_cache_refuses_a_trainable_text_path():
+    with pytest.raises(ValueError, match="trainable_text_layers"):
+        tiny_model(qformer={"dropout": 0.0}).cache_frozen_text(True)  # every text layer trains
+    with pytest.raises(ValueError, match="dropout"):
+        model = tiny_model(qformer={"dropout": 0.1})
+        from components.pretrain import freeze_text_layers
+
+        freeze_text_layers(model, 0)
+        model.cache_frozen_text(True)

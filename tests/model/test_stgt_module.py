@@ -104,6 +104,20 @@ def test_init_follows_the_official_scheme():
     assert abs(module.time_embed.std().item() - 0.02) < 0.006
 
 
+def test_init_scale_options_for_narrow_modules():
+    torch.manual_seed(0)
+    official = CrossGraphTransformer(64, 1, 4, 8, (4, 4))
+    torch.manual_seed(0)
+    module = CrossGraphTransformer(64, 1, 4, 8, (4, 4), in_dim=96, time_embed_std=0.5, init_std=0.15)
+    block = module.resblocks[0]
+    for weight in (block.proj_fc.weight, block.graphattn.W_V.weight, block.mlp.c_proj.weight,
+                   block.attn.in_proj_weight, block.message_attn.attn.in_proj_weight):
+        assert abs(weight.std().item() - 0.15) < 0.02
+    assert abs(module.input_proj.weight.std().item() - 0.02) < 0.004  # the input projection keeps 0.02
+    assert abs(module.time_embed.std().item() - 0.5) < 0.15
+    assert torch.equal(official.pos_2D_embed, module.pos_2D_embed)
+
+
 def test_pooling_keeps_cls_column_max_and_row_max():
     # one frame pair, grid 2 rows x 3 cols, width 1; patches of frame t hold t * 10 + [[1, 5, 2], [4, 0, 6]]
     patches = torch.tensor([[1.0, 5.0, 2.0], [4.0, 0.0, 6.0]]).flatten()
