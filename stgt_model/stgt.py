@@ -219,7 +219,9 @@ class CrossGraphTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(width**-0.5 * torch.randn(width, self.out_dim))
         self.time_embed = nn.Parameter(torch.zeros(num_frames, width))
-        nn.init.trunc_normal_(self.time_embed, std=time_embed_std)
+        # trunc_normal_'s bounds are absolute (+-2): kept for the official 0.02, widened for a std above 1
+        bound = max(2.0, 2 * time_embed_std)
+        nn.init.trunc_normal_(self.time_embed, std=time_embed_std, a=-bound, b=bound)
         # Frozen and absent from the official checkpoints (§6.3); a buffer so that no optimizer or
         # requires_grad_() can ever train it, while our own checkpoints still record which table was used.
         if pos_embed == "sincos":
