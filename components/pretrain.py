@@ -99,10 +99,10 @@ def freeze_text_layers(model: STGTModel, trainable: int) -> None:
     self-attention and the text FFN. The queries' FFN and the cross-attention stay trainable, so the video path
     still adapts everywhere (the calibration run trained only the last text layer of MiniLM)."""
     qformer = model.qformer
-    layers = qformer.bert.encoder.layer
-    frozen = [qformer.embeddings.word_embeddings, qformer.embeddings.position_embeddings, qformer.bert.layernorm]
-    for layer in layers[: max(len(layers) - trainable, 0)]:
-        frozen += [layer.attention, layer.intermediate, layer.output]
+    num_layers = len(qformer.bert.encoder.layer)
+    frozen = qformer.text_input_modules()
+    for index in range(max(num_layers - trainable, 0)):
+        frozen += qformer.text_layer_modules(index)
     for module in frozen:
         module.requires_grad_(False)
 

@@ -89,6 +89,7 @@ class STGTModel(nn.Module):
         self.temp = nn.Parameter(torch.tensor(cfg.loss.temp_init))
         self.qa_head = QAHead(hidden, cfg.qa.num_answers, cfg.qa.hidden_multiplier) if cfg.qa.num_answers else None
         self._text_cache: dict[tuple[int, ...], Tensor] | None = None  # see cache_frozen_text
+        self._text_cache_layers = 0
 
     # -- video and text encoders ------------------------------------------------------------------------------
 
@@ -133,13 +134,14 @@ class STGTModel(nn.Module):
         """How many leading Q-Former layers the text pass runs with frozen weights: 0 when the embeddings train or
         dropout is on (a caption would not encode the same twice)."""
         qformer = self.qformer
-        embeddings = [qformer.embeddings.word_embeddings, qformer.embeddings.position_embeddings, qformer.bert.layernorm]
-        if self.config.qformer.dropout > 0 or any(p.requires_grad for m in embeddings for p in m.parameters()):
+
+        def trains(modules: list[nn.Module]) -> bool:
+            return any(p.requires_grad for module in modules for p in module.parameters())
+
+        if self.config.qformer.dropout > 0 or trains(qformer.text_input_modules()):
             return 0
         count = 0
-        for layer in qformer.bert.encoder.layer:
-            if any(p.requires_grad for m in (layer.attention, layer.intermediate, layer.output) for p in m.parameters()):
-                break
+        while count < len(qformer.bert.encoder.layer) and not trains(qformer.text_layer_modules(count)):
             count += 1
         return count
 
@@ -149,7 +151,9 @@ class STGTModel(nn.Module):
         re-encoding captions it has seen before. Off again with False (the cache holds no gradient)."""
         self._text_cache = None
         if enabled:
-            if self.frozen_text_layers() == 0:
+            # Fixed here, not per step: every entry must stop at the same layer.
+            self._text_cache_layers = self.frozen_text_layers()
+            if self._text_cache_layers == 0:
                 raise ValueError("cache_frozen_text needs frozen text layers (qformer.trainable_text_layers below "
                                  "qformer.num_layers) and qformer.dropout 0")
             self._text_cache = {}
@@ -159,7 +163,7 @@ class STGTModel(nn.Module):
         text layer is frozen, else its per-token states after the frozen layers)."""
         cache = self._text_cache
         assert cache is not None
-        frozen = self.frozen_text_layers()
+        frozen = self._text_cache_layers
         whole = frozen == len(self.qformer.bert.encoder.layer)
         keys = [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(input_ids, attention_mask)]
         first_row: dict[tuple[int, ...], int] = {}

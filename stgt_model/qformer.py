@@ -201,6 +201,15 @@ class QFormer(nn.Module):
         """Unimodal bidirectional text -> (B, L, H); the text feature is position 0 ([CLS])."""
         return self._run(self.embeddings(input_ids=input_ids), 0, attention_mask, None)
 
+    def text_input_modules(self) -> list[nn.Module]:
+        """The text pass's weights before layer 0 (the embeddings LayerNorm is shared with the queries)."""
+        return [self.embeddings.word_embeddings, self.embeddings.position_embeddings, self.bert.layernorm]
+
+    def text_layer_modules(self, index: int) -> list[nn.Module]:
+        """Layer `index`'s weights on the text side: the self-attention (shared with the queries) and the text FFN."""
+        layer = self.bert.encoder.layer[index]
+        return [layer.attention, layer.intermediate, layer.output]
+
     def text_prefix(self, input_ids: Tensor, attention_mask: Tensor, num_layers: int) -> Tensor:
         """The unimodal text pass stopped after its first `num_layers` layers -> (B, L, H).
         text_suffix(text_prefix(ids, mask, k), mask, k) is text_pass(ids, mask)."""
