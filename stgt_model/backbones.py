@@ -44,6 +44,14 @@ class VisionBackbone(nn.Module):
         self.std = std
         self.frozen = frozen
 
+    def optimize_for_inference(self) -> VisionBackbone:
+        """Rewrite the network for frozen, eval-mode feature extraction (same outputs up to float rounding).
+
+        The result cannot train and its state_dict changes shape: use it only as a standalone feature extractor
+        (build_graphs), never inside a model whose weights are saved. The base class changes nothing.
+        """
+        return self
+
     def freeze_if_configured(self) -> None:
         """Call at the end of a subclass constructor, once all parameters exist."""
         if self.frozen:
@@ -103,6 +111,35 @@ class EfficientNetLite0Backbone(VisionBackbone):
 
     def encode_images(self, images: Tensor) -> Tensor:
         return summary_and_grid_tokens(self.network.extract_features(images))
+
+    def optimize_for_inference(self) -> EfficientNetLite0Backbone:
+        """Fold every BatchNorm into its convolution and turn symmetric static padding into the convolution's own.
+
+        About a third less time per frame on CPU (bench: build_graphs); outputs match to ~1e-5.
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        if self.training:
+            raise RuntimeError("optimize_for_inference needs eval mode: BatchNorm folds its running statistics")
+        net = self.network
+        pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+        for block in net._blocks:
+            if hasattr(block, "_expand_conv"):
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        for module, conv_name, bn_name in pairs:
+            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+            if isinstance(bn, nn.Identity):
+                continue  # already folded
+            fused = fuse_conv_bn_eval(conv, bn)
+            conv.weight, conv.bias = fused.weight, fused.bias
+            setattr(module, bn_name, nn.Identity())
+            pad = getattr(conv, "static_padding", None)
+            if isinstance(pad, nn.ZeroPad2d):
+                left, right, top, bottom = pad.padding
+                if left == right and top == bottom:
+                    conv.padding, conv.static_padding = (top, left), nn.Identity()
+        return self
 
 
 def _hf_vision_model_classes() -> dict[str, type]:

@@ -35,6 +35,25 @@ def test_frozen_backbone_stays_in_eval_mode_inside_a_training_parent():
     assert backbone.grid == (2, 2)
 
 
+@pytest.mark.parametrize("image_size", [96, 224])
+def test_efficientnet_optimized_for_inference_matches_the_original(image_size):
+    torch.manual_seed(0)
+    frames = torch.rand(2, 3, 3, image_size, image_size)
+    backbone = build_backbone("efficientnet_lite0", image_size=image_size)
+    with torch.inference_mode():
+        expected = backbone(frames)
+        folded = backbone.optimize_for_inference()
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(frames), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(folded.optimize_for_inference()(frames), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_optimize_for_inference_refuses_a_training_backbone():
+    backbone = build_backbone("efficientnet_lite0", pretrained=False, image_size=64, frozen=False).train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        backbone.optimize_for_inference()
+
+
 def test_tiny_vit_shapes_and_trainable_mode():
     torch.manual_seed(0)
     backbone = build_backbone("tiny_vit", image_size=24, patch_size=8, width=16, depth=1, heads=2, frozen=False)
