@@ -242,19 +242,29 @@ def dual_softmax(sim: ArrayLike, temperature: float = 1.0) -> np.ndarray:
 
 def rerank_topk(
     coarse_sim: ArrayLike,
-    itm_scores_fn: Callable[[int, np.ndarray], ArrayLike],
+    itm_scores_fn: Callable[[np.ndarray, np.ndarray], ArrayLike],
     k: int,
     fill: float = RERANK_FILL_VALUE,
+    pairs_per_call: int = 256,
 ) -> np.ndarray:
     """STGT's protocol for one direction: per query row, the top-k candidates by the coarse ITC score are scored
-    by the matching head, itm_scores_fn(query_index, candidate_indices) -> match probabilities; those cells become
-    p_ITM + s and every other cell `fill`. k is capped at the number of candidates (tiny test sets)."""
+    by the matching head and those cells become p_ITM + s, every other cell `fill`. k is capped at the number of
+    candidates (tiny test sets).
+
+    itm_scores_fn(query_indices, candidate_indices) -> match probabilities, one per (query, candidate) pair. The
+    pairs of consecutive queries go together, at most pairs_per_call (and at least one query's k) per call: the
+    matching head runs in batches instead of one small pass per query."""
     sims = torch.as_tensor(_as_scores(coarse_sim))
     scores = torch.full_like(sims, fill)
-    for query, row in enumerate(sims):
-        top_sim, top_idx = row.topk(k=min(k, len(row)))  # torch.topk as the official compute_sim_matrix
-        p_match = torch.as_tensor(_to_numpy(itm_scores_fn(query, top_idx.numpy())), dtype=sims.dtype)
-        scores[query, top_idx] = p_match + top_sim
+    top_sim, top_idx = sims.topk(k=min(k, sims.shape[1]), dim=1)  # torch.topk as the official compute_sim_matrix
+    queries_per_call = max(1, pairs_per_call // top_idx.shape[1])
+    for start in range(0, len(sims), queries_per_call):
+        rows = torch.arange(start, min(start + queries_per_call, len(sims)))
+        candidates = top_idx[rows]
+        query_of_pair = rows[:, None].expand_as(candidates)
+        p_match = torch.as_tensor(_to_numpy(itm_scores_fn(query_of_pair.flatten().numpy(),
+                                                          candidates.flatten().numpy())), dtype=sims.dtype)
+        scores[query_of_pair, candidates] = p_match.view_as(candidates) + top_sim[rows]
     return scores.numpy()
 
 

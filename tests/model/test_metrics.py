@@ -294,17 +294,20 @@ def test_rerank_topk_scores_p_plus_s_inside_the_top_k_and_fills_the_rest():
     p_match = {(0, 1): 0.2, (0, 2): 0.7, (1, 2): 0.1, (1, 3): 0.9}
     calls = []
 
-    def itm(query, candidates):
-        calls.append((query, candidates.tolist()))
-        return np.array([p_match[query, c] for c in candidates])
+    def itm(queries, candidates):
+        calls.append((queries.tolist(), candidates.tolist()))
+        return np.array([p_match[q, c] for q, c in zip(queries, candidates)])
 
     scores = rerank_topk(coarse, itm, k=2)
     # row 0 top-2 by s: columns 1 (0.9), 2 (0.5) -> 0.2 + 0.9 = 1.1, 0.7 + 0.5 = 1.2; ITM reorders them
     # row 1 top-2: columns 2 (0.8), 3 (0.6) -> 0.1 + 0.8 = 0.9, 0.9 + 0.6 = 1.5; everything else -100
     np.testing.assert_allclose(scores, [[-100, 1.1, 1.2, -100], [-100, -100, 0.9, 1.5]], rtol=1e-6)
-    assert calls == [(0, [1, 2]), (1, [2, 3])]
+    assert calls == [([0, 0, 1, 1], [1, 2, 2, 3])]  # every pair in one batch
     assert scores.dtype == np.float32  # the official matrix is float32
     assert (rerank_topk(coarse, itm, k=2, fill=-1.0) == -1.0).sum() == 4
+    calls.clear()
+    np.testing.assert_array_equal(rerank_topk(coarse, itm, k=2, pairs_per_call=3), scores)
+    assert calls == [([0, 0], [1, 2]), ([1, 1], [2, 3])]  # whole queries per call, at most 3 pairs
 
 
 def test_rerank_topk_caps_k_at_the_number_of_candidates():
