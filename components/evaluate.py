@@ -7,7 +7,8 @@ albef exactly as those code bases). Inference-time dual softmax (evaluate.dual_s
 plain numbers, never instead of them. The maths is stgt_model.metrics; this stage only encodes and writes.
 
 Temporal-order probe: each test clip against its time-reversed twin (split `probe`, linked by twin_id). A pair
-passes when both captions score higher, with the same final score, on their own clip.
+passes when both captions score higher, with the same final score, on their own clip. The same figures on the
+coarse similarity alone are reported under `coarse_only` (a diagnostic, not the headline).
 
 QA: accuracy over all test questions, per question type, with out-of-vocabulary answers counted wrong, next to
 always answering the most frequent training answer.
@@ -214,8 +215,11 @@ def evaluate_probe(model: STGTModel, processor: TextProcessor, store: ClipStore,
     video_idx = torch.tensor([[2 * i + r for r in (0, 1) for _ in (0, 1)] for i in range(p)]).flatten()
     text_idx = torch.tensor([[2 * i + c for _ in (0, 1) for c in (0, 1)] for i in range(p)]).flatten()
     p_match = model.itm_scores(video_tokens[video_idx], ids[text_idx], mask[text_idx])
-    pair_scores = (p_match + sims[video_idx, text_idx]).view(p, 2, 2).numpy()
-    result = temporal_order_probe(pair_scores)
+    pair_sims = sims[video_idx, text_idx]
+    result = temporal_order_probe((p_match + pair_sims).view(p, 2, 2).numpy())
+    # The coarse similarity alone, as a diagnostic: how much of the order the contrastive embedding carries.
+    coarse = temporal_order_probe(pair_sims.view(p, 2, 2).numpy())
+    result["coarse_only"] = {k: v for k, v in coarse.items() if k not in ("pair_correct", "num_pairs")}
     rows = pd.DataFrame({"video_id": [a for a, _ in pairs], "twin_id": [b for _, b in pairs],
                          "correct": result.pop("pair_correct")})
     return result, rows

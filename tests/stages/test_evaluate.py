@@ -34,6 +34,9 @@ def test_evaluate_writes_metrics_ranks_probe_qa_and_plots(trained, tmp_path):
     probe = metrics["temporal_order"]
     assert probe["num_pairs"] == retrieval["num_videos"] == len(pd.read_parquet(out / "probe.parquet"))
     assert 0 <= probe["pair_accuracy"] <= min(probe["forward_accuracy"], probe["reversed_accuracy"])
+    coarse = probe["coarse_only"]
+    assert set(coarse) == {"pair_accuracy", "forward_accuracy", "reversed_accuracy"}
+    assert 0 <= coarse["pair_accuracy"] <= min(coarse["forward_accuracy"], coarse["reversed_accuracy"])
 
     qa = metrics["qa"]
     predictions = pd.read_parquet(out / "qa_predictions.parquet")
