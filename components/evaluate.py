@@ -163,14 +163,12 @@ def evaluate_retrieval(model: STGTModel, processor: TextProcessor, store: ClipSt
     ids, mask, text_feat = encode_texts(model, processor, texts, cfg.batch_size)
     coarse_t2v = model.similarity(video_feat, text_feat).T.numpy()  # [texts x videos]
 
-    def t2v_scores(text_idx: np.ndarray, videos: np.ndarray) -> np.ndarray:
+    def pair_scores(videos: np.ndarray, text_idx: np.ndarray) -> np.ndarray:
         return match_scores(model, video_tokens[videos], ids[text_idx], mask[text_idx])
 
-    def v2t_scores(videos: np.ndarray, text_idx: np.ndarray) -> np.ndarray:
-        return match_scores(model, video_tokens[videos], ids[text_idx], mask[text_idx])
-
-    scores_t2v = rerank_topk(coarse_t2v, t2v_scores, cfg.k_test, pairs_per_call=cfg.batch_size)
-    scores_v2t = rerank_topk(coarse_t2v.T, v2t_scores, cfg.k_test, pairs_per_call=cfg.batch_size)
+    scores_t2v = rerank_topk(coarse_t2v, lambda texts, videos: pair_scores(videos, texts), cfg.k_test,
+                             pairs_per_call=cfg.batch_size)
+    scores_v2t = rerank_topk(coarse_t2v.T, pair_scores, cfg.k_test, pairs_per_call=cfg.batch_size)
     result = retrieval_metrics(scores_t2v, text_video, compat=cfg.compat, sim_v2t=scores_v2t)
     metrics: dict[str, Any] = {
         "compat": cfg.compat, "k_test": cfg.k_test, "num_videos": len(video_ids), "num_texts": len(texts),
