@@ -145,6 +145,8 @@ class STGTModel(nn.Module):
             count += 1
         return count
 
+    TEXT_GROUP_ROWS = 16  # captions per length group in the cached text pass (_cached_text_states)
+
     def cache_frozen_text(self, enabled: bool) -> None:
         """Memoise each caption's text states after the frozen layers (frozen_text_layers), so that a training step
         runs only the trainable rest; a step of the contrastive phase otherwise spends about half its time
@@ -179,13 +181,21 @@ class STGTModel(nn.Module):
             cache.update(zip(new, states))
         if whole:
             return torch.stack([cache[key] for key in keys])
-        lengths = [len(key) for key in keys]
-        hidden = cache[keys[0]].new_zeros(len(keys), max(lengths), cache[keys[0]].shape[-1])
-        mask = attention_mask.new_zeros(len(keys), max(lengths))
-        for row, (key, length) in enumerate(zip(keys, lengths)):
-            hidden[row, :length] = cache[key]
-            mask[row, :length] = 1
-        return self._pool_text(self.qformer.text_suffix(hidden, mask, frozen), mask)
+        # The trainable layers run on captions grouped by length, each group padded only to its own longest:
+        # padded to the batch's longest, about half of a batch's text tokens were padding.
+        order = sorted(range(len(keys)), key=lambda row: len(keys[row]))
+        pooled: list[Tensor] = [cache[keys[0]]] * len(keys)
+        for start in range(0, len(order), self.TEXT_GROUP_ROWS):
+            rows = order[start:start + self.TEXT_GROUP_ROWS]
+            longest = len(keys[rows[-1]])
+            hidden = cache[keys[0]].new_zeros(len(rows), longest, cache[keys[0]].shape[-1])
+            mask = attention_mask.new_zeros(len(rows), longest)
+            for slot, row in enumerate(rows):
+                hidden[slot, :len(keys[row])] = cache[keys[row]]
+                mask[slot, :len(keys[row])] = 1
+            for row, state in zip(rows, self._pool_text(self.qformer.text_suffix(hidden, mask, frozen), mask)):
+                pooled[row] = state
+        return torch.stack(pooled)
 
     @staticmethod
     def similarity(video_feat: Tensor, text_feat: Tensor) -> Tensor:

@@ -198,11 +198,13 @@ def frozen_text_model(trainable_layers=0, pooling="mean"):
     return model
 
 
-@pytest.mark.parametrize("trainable_layers, pooling", [(0, "mean"), (1, "mean"), (1, "cls")])
+@pytest.mark.parametrize("trainable_layers, pooling, group_rows",
+                         [(0, "mean", 16), (1, "mean", 16), (1, "cls", 16), (1, "mean", 1), (1, "cls", 3)])
 def test_frozen_text_cache_gives_the_uncached_features_and_encodes_each_caption_once(
-    monkeypatch, trainable_layers, pooling
+    monkeypatch, trainable_layers, pooling, group_rows
 ):
     model = frozen_text_model(trainable_layers, pooling)
+    model.TEXT_GROUP_ROWS = group_rows  # the trainable layers run on length groups of this many captions
     assert model.frozen_text_layers() == model.config.qformer.num_layers - trainable_layers
     ids, mask = text_batch(model.config)
     expected = model.encode_text(ids, mask)[1]
