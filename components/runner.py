@@ -12,6 +12,7 @@ from components import registry, tracking
 from components.atomic import write_json
 from components.config import load_params
 from components.errors import StgtError
+from stgt_model.allocator import tune_glibc_malloc
 from stgt_model.errors import ConfigurationError
 
 
@@ -32,6 +33,7 @@ def run_stage(
     metrics_path: str | Path | None = None,
 ) -> dict[str, Any]:
     stage = registry.get(name)
+    tune_glibc_malloc()  # large CPU tensors: reuse freed memory instead of page-faulting it in again
     params = load_params(params_path, overrides)
     ins = resolve_paths(stage.inputs, inputs)
     outs = resolve_paths(stage.outputs, outputs)
