@@ -182,7 +182,7 @@ class STGTModel(nn.Module):
         if whole:
             return torch.stack([cache[key] for key in keys])
         # The trainable layers run on captions grouped by length, each group padded only to its own longest:
-        # padded to the batch's longest, about half of a batch's text tokens were padding.
+        # padded to the batch's longest, a third to a half of a batch's text tokens were padding.
         order = sorted(range(len(keys)), key=lambda row: len(keys[row]))
         pooled: list[Tensor] = [cache[keys[0]]] * len(keys)
         for start in range(0, len(order), self.TEXT_GROUP_ROWS):
