@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from stgt_model.backbones import VisionBackbone
 from stgt_model.config import ModelConfig
@@ -184,18 +185,14 @@ class STGTModel(nn.Module):
         # The trainable layers run on captions grouped by length, each group padded only to its own longest:
         # padded to the batch's longest, a third to a half of a batch's text tokens were padding.
         order = sorted(range(len(keys)), key=lambda row: len(keys[row]))
-        pooled: list[Tensor] = [cache[keys[0]]] * len(keys)
+        pooled = []
         for start in range(0, len(order), self.TEXT_GROUP_ROWS):
-            rows = order[start:start + self.TEXT_GROUP_ROWS]
-            longest = len(keys[rows[-1]])
-            hidden = cache[keys[0]].new_zeros(len(rows), longest, cache[keys[0]].shape[-1])
-            mask = attention_mask.new_zeros(len(rows), longest)
-            for slot, row in enumerate(rows):
-                hidden[slot, :len(keys[row])] = cache[keys[row]]
-                mask[slot, :len(keys[row])] = 1
-            for row, state in zip(rows, self._pool_text(self.qformer.text_suffix(hidden, mask, frozen), mask)):
-                pooled[row] = state
-        return torch.stack(pooled)
+            group = [cache[keys[row]] for row in order[start:start + self.TEXT_GROUP_ROWS]]
+            hidden = pad_sequence(group, batch_first=True)
+            lengths = torch.tensor([len(states) for states in group], device=hidden.device)
+            mask = (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).to(attention_mask.dtype)
+            pooled.append(self._pool_text(self.qformer.text_suffix(hidden, mask, frozen), mask))
+        return torch.cat(pooled)[torch.tensor(order, device=input_ids.device).argsort()]
 
     @staticmethod
     def similarity(video_feat: Tensor, text_feat: Tensor) -> Tensor:
