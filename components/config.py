@@ -139,7 +139,7 @@ class BuildGraphsConfig(Section):
 # --------------------------------------------------------------------------------------------------------------
 # training and evaluation (stgt-reference §2-4)
 
-LossName = Literal["vtc", "csal", "vtm", "vtg"]
+LossName = Literal["vtc", "csal", "vtm", "vtg", "twin"]
 
 
 class LossWeightsConfig(Section):
@@ -147,6 +147,7 @@ class LossWeightsConfig(Section):
     csal: float = Field(1.0, ge=0.0)
     vtm: float = Field(1.0, ge=0.0)
     vtg: float = Field(1.0, ge=0.0)
+    twin: float = Field(1.0, ge=0.0)
 
 
 THREADS_HELP = ("CPU threads for torch (None: torch's default, all cores). Set 1 on a host shared with other "
@@ -186,6 +187,12 @@ class ContrastivePhase(TrainSettings):
     weights: LossWeightsConfig = LossWeightsConfig()
     pair_twins: bool = Field(True, description="put each clip and its time-reversed twin in the same batch, so the "
                                                "contrastive and matching losses see them as each other's negatives")
+
+    @model_validator(mode="after")
+    def _twin_needs_pairs(self) -> "ContrastivePhase":
+        if "twin" in self.losses and not self.pair_twins:
+            raise ValueError("loss 'twin' contrasts each clip with its time-reversed twin: it needs pair_twins: true")
+        return self
 
 
 class PretrainConfig(Section):

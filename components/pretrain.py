@@ -175,7 +175,14 @@ class TwinPairs(Dataset):
 
 
 def _collate_groups(groups: list[list[dict[str, Any]]], processor: TextProcessor) -> dict[str, Any]:
-    return collate_video_text([item for group in groups for item in group], processor)
+    """One batch of the groups' items, with `twin_index`: the batch position of each item's twin, -1 for none."""
+    batch = collate_video_text([item for group in groups for item in group], processor)
+    twin_index, start = [], 0
+    for group in groups:
+        twin_index += [start + 1, start] if len(group) == 2 else [-1]
+        start += len(group)
+    batch["twin_index"] = torch.tensor(twin_index, dtype=torch.long)
+    return batch
 
 
 def weighted_total(losses: Mapping[str, Tensor], names: list[str], weights: Any) -> dict[str, Tensor]:
@@ -199,7 +206,7 @@ def train_contrastive(model: STGTModel, model_cfg: ModelConfig, phase: Contrasti
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], features=batch["video"],
-                losses=phase.losses)
+                losses=phase.losses, twin_index=batch.get("twin_index"))
         return weighted_total(out, phase.losses, phase.weights)
 
     # Frozen text layers: run them once per caption, not every step (a deterministic prefix of the text pass).

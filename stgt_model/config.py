@@ -116,6 +116,7 @@ class LossWeights(StrictModel):
     csal: float = Field(1.0, ge=0.0)
     vtm: float = Field(1.0, ge=0.0)
     vtg: float = Field(1.0, ge=0.0)
+    twin: float = Field(1.0, ge=0.0)  # not in STGT (losses.twin_order_loss)
 
 
 class LossConfig(StrictModel):

@@ -93,6 +93,24 @@ def vtc_loss(logits_v2t: Tensor, logits_t2v: Tensor, positives: Tensor, label_sm
     )
 
 
+def twin_order_loss(logits_v2t: Tensor, logits_t2v: Tensor, positives: Tensor, twin_columns: Tensor) -> Tensor:
+    """Not in STGT: each sample against its time-reversed twin alone, both directions (two-way cross-entropy).
+
+    twin_columns (b,): the gathered column of each local sample's twin, -1 for a sample without one. The twin is
+    already a negative of VTC and CSAL, but one among the batch: early on the other, easy negatives take most of
+    the gradient, and the model learned frame order only late (the same hard-negative idea as the time-order
+    contrast of Bagad et al., "Test of Time", CVPR 2023). Zero (with gradient) when no sample has its twin."""
+    rows = (twin_columns >= 0).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return logits_v2t.sum() * 0.0
+    columns = torch.stack([positives[rows], twin_columns[rows]], dim=1)  # the positive first
+    target = torch.zeros(len(rows), dtype=torch.long, device=logits_v2t.device)
+    return 0.5 * (
+        F.cross_entropy(logits_v2t[rows[:, None], columns], target)
+        + F.cross_entropy(logits_t2v[rows[:, None], columns], target)
+    )
+
+
 def mean_query_embedding(video_feat: Tensor) -> Tensor:
     """(B, Q, E) normalised queries -> (B, E): their mean, re-normalised (CSAL's video embedding)."""
     return F.normalize(video_feat.mean(dim=1), dim=-1)

@@ -28,6 +28,7 @@ from stgt_model.losses import (
     positive_indices,
     rank_and_world_size,
     sample_hard_negatives,
+    twin_order_loss,
     vtc_loss,
     vtg_labels,
     vtg_loss,
@@ -37,8 +38,8 @@ from stgt_model.qa import QAHead
 from stgt_model.qformer import QFormer
 from stgt_model.stgt import CrossGraphTransformer
 
-LOSS_NAMES = ("vtc", "csal", "vtm", "vtg")
-CONTRASTIVE_LOGIT_USERS = {"vtc", "csal", "vtm"}  # VTM samples its hard negatives from the contrastive logits
+LOSS_NAMES = ("vtc", "csal", "vtm", "vtg", "twin")  # twin: not in STGT (losses.twin_order_loss)
+CONTRASTIVE_LOGIT_USERS = {"vtc", "csal", "vtm", "twin"}  # VTM samples its hard negatives from the contrastive logits
 TEMP_CLAMP_RANGE = (0.001, 0.5)  # BLIP-2's clamp, off by default (official STGT: unclamped, §7.9)
 
 
@@ -239,12 +240,17 @@ class STGTModel(nn.Module):
         frames: Tensor | None = None,
         features: Tensor | None = None,
         losses: Iterable[str] = ("vtc", "vtm", "vtg"),
+        twin_index: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Named losses plus their weighted `total`. Stage 1: ("vtc", "vtm", "vtg"); stage 2: ("csal", "vtm", "vtg")."""
+        """Named losses plus their weighted `total`. Stage 1: ("vtc", "vtm", "vtg"); stage 2: ("csal", "vtm", "vtg").
+
+        twin_index (B,): the batch position of each sample's time-reversed twin, -1 for none; "twin" needs it."""
         requested = tuple(losses)
         unknown = set(requested) - set(LOSS_NAMES)
         if unknown or not requested:
             raise ValueError(f"losses must be a non-empty subset of {LOSS_NAMES}, got {requested}")
+        if "twin" in requested and twin_index is None:
+            raise ValueError("loss 'twin' needs twin_index: batches that hold clips with their twins (pair_twins)")
         loss_cfg = self.config.loss
         video_tokens = self.video_tokens(frames, features)
         out: dict[str, Tensor] = {}
@@ -265,6 +271,10 @@ class STGTModel(nn.Module):
                     video_feat, text_feat, video_feat_all, text_feat_all, loss_cfg.csal_scale, loss_cfg.csal_floor
                 )
                 out["csal"] = csal_loss(logits_v2t, logits_t2v, targets, loss_cfg.csal_smoothing)
+            if "twin" in requested:
+                assert twin_index is not None
+                twin_columns = torch.where(twin_index >= 0, twin_index + rank * len(input_ids), twin_index)
+                out["twin"] = twin_order_loss(logits_v2t, logits_t2v, positives, twin_columns)
             if "vtm" in requested:
                 out["vtm"] = self._vtm_loss(video_tokens, input_ids, attention_mask, logits_v2t, logits_t2v, positives)
         if "vtg" in requested:

@@ -18,6 +18,7 @@ from stgt_model.losses import (
     max_query_similarity,
     positive_indices,
     sample_hard_negatives,
+    twin_order_loss,
     vtc_loss,
     vtg_labels,
     vtg_loss,
@@ -53,6 +54,34 @@ def test_vtc_by_hand():
     expected_t2v = (smoothed_ce([2.0, 0.0], 0, 0.1) + smoothed_ce([1.2, 1.6], 1, 0.1)) / 2
     loss = vtc_loss(v2t, t2v, positive_indices(2, rank=0), label_smoothing=0.1)
     assert loss.item() == pytest.approx((expected_v2t + expected_t2v) / 2, rel=1e-6)
+
+
+def test_twin_order_loss_by_hand():
+    # Samples 0 and 1 are twins, sample 2 has none. Row r's two-way choice: its positive (r) against its twin.
+    v2t = torch.tensor([[2.0, 1.0, 5.0], [0.5, 0.0, -1.0], [9.0, 9.0, 0.0]])
+    t2v = torch.tensor([[1.0, 1.0, 3.0], [2.0, 0.0, 4.0], [0.0, 0.0, 0.0]])
+    twins = torch.tensor([1, 0, -1])
+    two_way = lambda pos, twin: math.log(1 + math.exp(twin - pos))  # -log softmax([pos, twin])[0]
+    v2t_part = (two_way(2.0, 1.0) + two_way(0.0, 0.5)) / 2  # row 1: positive v2t[1,1]=0, twin v2t[1,0]=0.5
+    t2v_part = (two_way(1.0, 1.0) + two_way(0.0, 2.0)) / 2
+    loss = twin_order_loss(v2t, t2v, torch.arange(3), twins)
+    assert loss.item() == pytest.approx(0.5 * (v2t_part + t2v_part), rel=1e-6)
+    # The batch's other columns (here 5.0 and 9.0) play no part: only the twin is a negative.
+
+
+def test_twin_order_loss_without_twins_is_zero_with_gradient():
+    logits = torch.randn(3, 3, requires_grad=True)
+    loss = twin_order_loss(logits, logits.t(), torch.arange(3), torch.full((3,), -1))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_twin_order_loss_reads_gathered_columns():
+    # Rank 1 of 2 with 2 local samples: its positives are columns 2 and 3, the twins' columns too.
+    v2t = torch.tensor([[0.0, 0.0, 3.0, 1.0], [0.0, 0.0, 2.0, 1.0]])
+    loss = twin_order_loss(v2t, v2t, positive_indices(2, rank=1), torch.tensor([3, 2]))
+    expected = (math.log(1 + math.exp(1.0 - 3.0)) + math.log(1 + math.exp(2.0 - 1.0))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_csal_targets_by_hand():

@@ -108,6 +108,22 @@ def test_loss_weights_and_selection():
         model(ids, mask, frames=frames_for(model.config), losses=("itc",))
 
 
+def test_twin_loss_pairs_each_clip_with_its_twin_and_needs_the_index():
+    model = tiny_model()
+    ids, mask = text_batch(model.config)
+    frames = frames_for(model.config)
+    twins = torch.tensor([1, 0, 3, 2])
+    out = model(ids, mask, frames=frames, losses=("vtc", "twin"), twin_index=twins)
+    assert torch.allclose(out["total"], out["vtc"] + out["twin"])
+    out["total"].backward()
+    assert model.temp.grad is not None
+    # Clips without a twin in the batch take no part; with none at all the loss is zero.
+    alone = model(ids, mask, frames=frames, losses=("twin",), twin_index=torch.full((BATCH,), -1))
+    assert alone["twin"].item() == 0.0
+    with pytest.raises(ValueError, match="twin_index"):
+        model(ids, mask, frames=frames, losses=("vtc", "twin"))
+
+
 @pytest.mark.parametrize(("clamp", "expected"), [(False, 1.0), (True, 0.5)])
 def test_temperature_is_unclamped_unless_asked(clamp, expected):
     model = tiny_model(loss={"temp_clamp": clamp})

@@ -66,3 +66,16 @@ def test_killed_pretrain_resumes_from_its_out_dir_and_ends_with_the_same_weights
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     curves = pd.read_csv(resumed / pretrain.CURVES_FILE)
     assert not curves.duplicated(["phase", "step"]).any()
+
+
+def test_twin_batches_say_where_each_clip_s_twin_is():
+    def item(name):
+        return {"video_id": name, "video": torch.zeros(2, 3, 4), "caption": name, "index": 0}
+
+    def tokens(texts):
+        return torch.ones(len(texts), 2, dtype=torch.long), torch.ones(len(texts), 2, dtype=torch.long)
+
+    groups = [[item("a"), item("a_rev")], [item("b")], [item("c_rev"), item("c")]]
+    batch = pretrain._collate_groups(groups, tokens)
+    assert batch["video_id"] == ["a", "a_rev", "b", "c_rev", "c"]
+    assert batch["twin_index"].tolist() == [1, 0, -1, 4, 3]
