@@ -34,7 +34,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "full": ("full STGT", []),
     "plain_attn": ("graph attention -> plain attention", ["model.stgt.graph_mode=plain"]),
-    "vtc_not_csal": ("CSAL -> VTC", ["pretrain.stage2.losses=[vtc,vtm]", "finetune.retrieval.losses=[vtc,vtm]"]),
+    "vtc_not_csal": ("CSAL -> VTC",
+                     ["pretrain.stage2.losses=[vtc,vtm,twin]", "finetune.retrieval.losses=[vtc,vtm,twin]"]),
     "mean_pool": ("frame-order-blind mean pool", ["model.temporal=mean_pool"]),
 }
 
