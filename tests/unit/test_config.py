@@ -56,7 +56,8 @@ def test_cross_field_rule(tmp_path):
     with pytest.raises(ConfigError, match="needs prepare.folder.root"):
         load_params(write(tmp_path, "prepare:\n  source: folder\n"))
     with pytest.raises(ConfigError, match="needs pair_twins: true"):
-        load_params(write(tmp_path, "pretrain:\n  stage1:\n    losses: [vtc, twin]\n    steps: 5\n    pair_twins: false\n"))
+        load_params(write(tmp_path, "pretrain:\n  stage1:\n    losses: [vtc, twin]\n    steps: 5\n"
+                                    "    pair_twins: false\n"))
 
 
 def test_set_overrides_typed_values(tmp_path):
