@@ -89,6 +89,19 @@ def test_the_worker_pool_gives_the_same_rows_as_one_process(tmp_path):
     assert rows[1] == rows[2]
 
 
+def test_a_clip_encodes_to_the_same_bytes_whatever_was_encoded_before(tmp_path):
+    """The same frames, encoded again after other clips in the same process, give the same file."""
+    cfg = PrepareConfig(**SMALL)
+    digests: dict[str, set[str]] = {}
+    for repeat in range(4):
+        root = tmp_path / str(repeat)
+        (root / "videos").mkdir(parents=True)
+        for index in range(5):
+            for row in synthetic.clip_rows(cfg, root, index, "train"):
+                digests.setdefault(row["video_id"], set()).add(row["sha256"])
+    assert all(len(found) == 1 for found in digests.values()), digests
+
+
 def test_split_counts_for_the_default_size():
     assert synthetic.split_counts(120, 0.1, 0.2) == {"train": 84, "val": 12, "test": 24}
 
