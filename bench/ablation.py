@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 os.environ.setdefault("STGT_TRACKING", "off")
 
-from components.runner import run_stage  # noqa: E402
+from stgt_pipeline.runner import run_stage  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, tuple[str, list[str]]] = {

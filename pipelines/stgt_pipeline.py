@@ -1,35 +1,33 @@
-"""The stgt Kubeflow pipeline, built from the stage registry: adding a registry stage adds its task.
+"""The stgt Kubeflow pipeline, built from the stage table: adding a stage adds its task.
 
-Each stage's task runs the same stage function as dvc.yaml (components.kfp.stage_components); its upstream tasks
+Each stage is added through its folder's component.py (a StageComponent, stgt_pipeline.kfp.build.stage_tasks), and
+its task runs the same stage function as dvc.yaml (stgt_pipeline.kfp.build.components); its upstream tasks
 are those producing its inputs, wired through typed artifacts. Sharded stages fan out with dsl.ParallelFor and
 are collected by a task named as the stage. A `foreach` stage (finetune) is one task per item, `<stage>-<item>`, as
 dvc.yaml's `<stage>@<item>`: each passes [item] for the stage's list param (finetune.tasks) and produces the outputs
 keyed by the item, so the items run side by side and a consumer waits for the items whose outputs it reads. A
 multi-node stage (pretrain) runs in its pod or as a Kubeflow Trainer TrainJob, as `<stage>_num_nodes` says
-(components.kfp.distributed). The first task opens the MLflow parent run the stage runs nest under; the whole DAG
-sits in an exit handler that closes it (components.kfp.parent_run).
+(stgt_pipeline.kfp.build.distributed). The first task opens the MLflow parent run the stage runs nest under; the
+whole DAG sits in an exit handler that closes it (stgt_pipeline.kfp.run.parent_run).
 
 Pipeline parameters: every params.yaml key as `section__key` (defaults from params.yaml), plus the cluster
 settings in CLUSTER_PARAMETERS and those of the multi-node stages.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
 from kfp import compiler, dsl
-from kfp.dsl import PipelineTask
 
-from components import registry
-from components.config import load_params
-from components.errors import StgtError
-from components.kfp import distributed, fanout, task_config
-from components.kfp.params import PipelineParam
-from components.kfp.parent_run import finish_run_component, open_run_component
-from components.kfp.stage_components import (StageInterface, check_shardable, collect_component, shard_component,
-                                             stage_component)
-from components.registry import Stage
+from stgt_pipeline.kfp.build import distributed, task_config
+from stgt_pipeline.kfp.build.components import StageInterface, finish_run_component, open_run_component
+from stgt_pipeline.kfp.build.params import PipelineParam
+from stgt_pipeline.kfp.build.stage_tasks import StageComponent
+from stgt_pipeline.params import load_params
+from stgt_pipeline.stages import STAGES, Stage
 
 PIPELINE_NAME = "stgt-pipeline"
 COMPILED = Path(__file__).with_name("stgt_pipeline.yaml")
@@ -66,39 +64,23 @@ def _signature(params: Sequence[PipelineParam]) -> inspect.Signature:
         + [inspect.Parameter(n, kind, annotation=t, default=d) for n, (t, d) in CLUSTER_PARAMETERS.items()])
 
 
-def _add_stage(iface: StageInterface, args: dict[str, Any], channels: dict[str, Any],
-               cluster: task_config.ClusterParams) -> PipelineTask:
-    """Add the stage's (or foreach item's) task; `channels` maps each output path made so far to its output."""
-    stage = iface.stage
-    params = iface.param_values(args)
+def stage_component(stage: Stage) -> StageComponent:
+    """The StageComponent in the stage folder's component.py; a stage without one (a table entry that tests or a
+    plugin add) gets the generated default."""
     try:
-        inputs = {k: channels[path] for k, path in stage.inputs.items()}
-    except KeyError as exc:
-        raise StgtError(f"{stage.name}: listed before the stage producing its input ({exc})") from None
-    if stage.name in distributed.STAGES:
-        return distributed.add_stage(iface, WORKSPACE, params, inputs, args, cluster)
-    if fanout.sharded_input(stage) is None:
-        task = stage_component(iface)(workspace=WORKSPACE, **params, **inputs)
-        return task_config.configure_stage_task(task, stage.resources, cluster,
-                                                cacheable=stage.cacheable and not iface.writes_workspace)
-    if iface.item:
-        raise StgtError(f"{stage.name}: a stage cannot be both sharded and foreach")
-    # Shards and their collect write to the per-run workspace, which a later run's cache hit would not have.
-    plan = fanout.plan_component()(manifest=inputs[check_shardable(iface)], num_shards=args["fanout_shards"])
-    plan.set_caching_options(enable_caching=False)
-    with dsl.ParallelFor(plan.output) as shard:
-        shard_task = shard_component(iface)(workspace=WORKSPACE, shard=shard, **params, **inputs)
-        task_config.configure_stage_task(shard_task, stage.resources, cluster, cacheable=False)
-    collect = collect_component(iface)(workspace=WORKSPACE, **params).after(shard_task)
-    return task_config.configure_stage_task(collect, stage.resources, cluster, cacheable=False)
+        return importlib.import_module(stage.component_module).component
+    except ModuleNotFoundError as exc:
+        if exc.name not in (stage.component_module, stage.package):
+            raise
+        return StageComponent(stage.name)
 
 
-def build_pipeline(params_path: str | Path = "params.yaml", stages: Sequence[Stage] = registry.STAGES,
+def build_pipeline(params_path: str | Path = "params.yaml", stages: Sequence[Stage] = STAGES,
                    workspace_size: str = WORKSPACE_SIZE) -> dsl.graph_component.GraphComponent:
     """The pipeline for `stages` (in dependency order), parameter defaults from `params_path`."""
     params = load_params(params_path)
-    interfaces = [iface for s in stages for iface in StageInterface.all_of(s, stages, params)]
-    keys = tunables(interfaces)
+    interfaces = [(stage_component(s), iface) for s in stages for iface in StageInterface.all_of(s, stages, params)]
+    keys = tunables([iface for _, iface in interfaces])
     signature = _signature(keys)
 
     def stgt_pipeline(*values: Any) -> None:
@@ -113,8 +95,8 @@ def build_pipeline(params_path: str | Path = "params.yaml", stages: Sequence[Sta
                                               **{p.name: args[p.name] for p in keys})
             task_config.use_secrets(opener, cluster).set_caching_options(False)
             channels: dict[str, Any] = {}  # output path -> the task output producing it
-            for iface in interfaces:
-                task = _add_stage(iface, args, channels, cluster)
+            for component, iface in interfaces:
+                task = component.add(iface, WORKSPACE, args, channels, cluster)
                 if not iface.stage.inputs:  # the DAG's sources; every other stage runs after one of them
                     task.after(opener)
                 channels.update({path: task.outputs[key] for key, path in iface.stage.outputs.items()
@@ -127,12 +109,12 @@ def build_pipeline(params_path: str | Path = "params.yaml", stages: Sequence[Sta
         kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch={"accessModes": ["ReadWriteMany"]}))
     return dsl.pipeline(
         name=PIPELINE_NAME,
-        description="stgt: " + " -> ".join(s.name for s in stages) + " (built from components/registry.py)",
+        description="stgt: " + " -> ".join(s.name for s in stages) + " (built from stgt_pipeline/stages.py)",
         pipeline_config=dsl.PipelineConfig(workspace=workspace),
     )(stgt_pipeline)
 
 
 def compile_pipeline(output: str | Path = COMPILED, params_path: str | Path = "params.yaml",
-                     stages: Sequence[Stage] = registry.STAGES) -> Path:
+                     stages: Sequence[Stage] = STAGES) -> Path:
     compiler.Compiler().compile(build_pipeline(params_path, stages), str(output))
     return Path(output)

@@ -96,7 +96,7 @@ class QFormerConfig(StrictModel):
     initializer_range: float = Field(0.02, gt=0.0)
     # Deviation for small data / CPU budgets: None trains every layer (official); N freezes the text side
     # (embeddings, shared self-attention, text FFN) of all but the last N layers, keeping the queries' FFNs and
-    # cross-attention trainable. Applied where stages build the model (components/pretrain.py::build_model).
+    # cross-attention trainable. Applied by stgt_model.factory.create_model.
     trainable_text_layers: int | None = Field(None, ge=0)
     # The text feature: the [CLS] output (official) or the mean over the caption's tokens, which is how MiniLM
     # (a sentence-transformers model) was trained to embed sentences. A named deviation for the embedded default.
@@ -109,6 +109,11 @@ class QFormerConfig(StrictModel):
         if self.max_text_len > self.max_position_embeddings:
             raise ValueError("qformer.max_text_len exceeds max_position_embeddings")
         return self
+
+
+# twin: not in STGT (losses.twin_order_loss)
+LOSS_NAMES = ("vtc", "csal", "vtm", "vtg", "twin")
+LossName = Literal[LOSS_NAMES]
 
 
 class LossWeights(StrictModel):
@@ -151,6 +156,50 @@ class ModelConfig(StrictModel):
     embed_dim: int = Field(256, gt=0)
     # stgt: the graph module; mean_pool: frame-order-blind baseline (mean of the frames' tokens) for ablations.
     temporal: Literal["stgt", "mean_pool"] = "stgt"
+
+
+THREADS_HELP = ("CPU threads for torch (None: torch's default, all cores). Set 1 on a host shared with other "
+                "busy jobs: there OpenMP's barrier waits made 2 threads ~4x slower per step than 1")
+
+
+class TrainConfig(StrictModel):
+    """How to train (stgt_model.engine.train): the one definition of every training setting and its default.
+
+    Defaults are the official fine-tuning recipe (reference §3.2) except `amp`; the pipeline's params sections
+    derive from this class (stgt_pipeline/params.py) and params.yaml states where the embedded default deviates.
+    """
+
+    steps: int | None = Field(None, gt=0, description="optimizer steps; give exactly one of steps / epochs")
+    epochs: int | None = Field(None, gt=0)
+    batch_size: int = Field(20, gt=0, description="per process (official: 20 per GPU)")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    lr: float = Field(2.5e-5, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="official: 0, so warmup_lr is unused there")
+    warmup_lr: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-8, gt=0)
+    decay_zero_dim: bool = Field(True, description="official: 0-D parameters (temp) are decayed; False exempts "
+                                                   "them like 1-D ones")
+    grad_clip: float | None = Field(None, gt=0, description="max global grad norm; official: no clipping")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, off on CPU "
+                                                                          "(official: fp16)")
+    seed: int = Field(42, description="each rank seeds with seed + rank")
+    checkpoint_every: int = Field(1000, gt=0, description="steps between resumable checkpoints (and the last)")
+    keep_last: int = Field(2, gt=0, description="resumable checkpoints kept")
+    log_every: int = Field(10, gt=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for the duration of train()")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps or epochs")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
+        return self
 
 
 # Overrides on the ModelConfig defaults (which are the `default` preset).

@@ -198,6 +198,38 @@ class VideoTextDataset(Dataset):
         return int(rng.integers(len(self.captions[video])))
 
 
+class TwinPairs(Dataset):
+    """Train items grouped with their time-reversed twins: item i is [clip, twin] (or [clip] without one).
+
+    With the engine's batch size halved, a batch holds both halves of every pair, the hardest negatives the
+    corpus has: the clip and its twin differ only in frame order, and so do their captions. Collate with
+    `collate_twin_groups`.
+    """
+
+    def __init__(self, base: VideoTextDataset, manifest_rows: Any) -> None:
+        self.base = base
+        position = {video_id: i for i, video_id in enumerate(base.video_ids)}
+        twin_of = {row["video_id"]: row.get("twin_id") for row in manifest_records(manifest_rows)}
+        self.groups: list[list[int]] = []
+        seen: set[int] = set()
+        for i, video_id in enumerate(base.video_ids):
+            if i in seen:
+                continue
+            twin = position.get(twin_of.get(video_id))
+            group = [i] if twin is None or twin in seen else [i, twin]
+            seen.update(group)
+            self.groups.append(group)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> list[dict[str, Any]]:
+        return [self.base[j] for j in self.groups[i]]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+
 class VideoQADataset(Dataset):
     """One item per question of the split's videos: {video_id, video, question, answer_index, question_type,
     answer}. Answers outside the vocabulary get `answer_vocab.unknown_index` (always scored wrong, stgt_model.qa)."""
@@ -262,3 +294,15 @@ def collate_video_qa(batch: list[dict[str, Any]], tokenizer_fn: TokenizerFn) -> 
         "question_type": [item["question_type"] for item in batch],
         "video_id": [item["video_id"] for item in batch],
     }
+
+
+def collate_twin_groups(groups: list[list[dict[str, Any]]], tokenizer_fn: TokenizerFn) -> dict[str, Any]:
+    """One batch of TwinPairs' groups (as `collate_video_text`), with `twin_index`: the batch position of each
+    item's twin, -1 for none."""
+    batch = collate_video_text([item for group in groups for item in group], tokenizer_fn)
+    twin_index, start = [], 0
+    for group in groups:
+        twin_index += [start + 1, start] if len(group) == 2 else [-1]
+        start += len(group)
+    batch["twin_index"] = torch.tensor(twin_index, dtype=torch.long)
+    return batch

@@ -24,17 +24,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from stgt_model.config import TrainConfig
 from stgt_model.errors import ConfigurationError
 
 LossFn = Callable[[nn.Module, Any], Mapping[str, Tensor]]
@@ -45,43 +45,8 @@ class TooFewSamples(ConfigurationError):
     """The dataset cannot fill one optimizer step: a configuration problem, not a bug."""
 
 
-class TrainConfig(BaseModel):
-    """How to train. Defaults are the official fine-tuning recipe (reference §3.2) except `amp` (see below)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    steps: int | None = Field(None, gt=0)  # optimizer steps; give exactly one of steps / epochs
-    epochs: int | None = Field(None, gt=0)
-    batch_size: int = Field(20, gt=0)  # per process (official: 20 per GPU)
-    grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer step
-    lr: float = Field(2.5e-5, gt=0)
-    min_lr: float = Field(1e-6, ge=0)
-    warmup_steps: int = Field(0, ge=0)  # official: 0, so warmup_lr is unused there
-    warmup_lr: float = Field(0.0, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = Field(1e-8, gt=0)
-    decay_zero_dim: bool = True  # official: 0-D parameters (temp) are decayed; False exempts them like 1-D ones
-    grad_clip: float | None = Field(None, gt=0)  # max global grad norm; official: no clipping
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU (official: fp16)
-    seed: int = 42  # each rank seeds with seed + rank
-    checkpoint_every: int = Field(1000, gt=0)  # steps; the final step is always checkpointed
-    keep_last: int = Field(2, gt=0)
-    log_every: int = Field(10, gt=0)
-    num_workers: int = Field(0, ge=0)
-    deterministic: bool = False  # torch.use_deterministic_algorithms for the duration of train()
-
-    @model_validator(mode="after")
-    def _one_length(self) -> TrainConfig:
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of steps or epochs")
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
-        return self
-
-
 # Fields a resumed run may change: they do not alter the training trajectory.
-_RESUME_MAY_CHANGE = {"checkpoint_every", "keep_last", "log_every", "num_workers", "deterministic"}
+_RESUME_MAY_CHANGE = {"checkpoint_every", "keep_last", "log_every", "num_workers", "deterministic", "threads"}
 
 
 @dataclass(frozen=True)
@@ -154,6 +119,8 @@ def train(
     map-style (it needs a length). Under torchrun every rank calls `train()` with the same arguments; only rank 0
     writes checkpoints, calls `log(step, metrics)` and shows the progress bar. The process group is left open.
     """
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     with _deterministic_algorithms(cfg.deterministic):
         return _train(model, loss_fn, dataset, cfg, Path(out_dir), log, collate_fn)
 

@@ -93,12 +93,28 @@ def create_model(
     cfg = resolve_model_config(cfg)
     if torch.device(device).type == "meta":
         with torch.device("meta"):
-            return STGTModel(cfg, build_vision_backbone(cfg.backbone, load_weights=False))
-    model = STGTModel(cfg, build_vision_backbone(cfg.backbone, load_weights=pretrained))
-    text_folder = text_model_folder(cfg.qformer.text_model)
-    if pretrained and text_folder is not None:
-        load_text_weights(model.qformer, cfg.qformer, text_folder)
+            model = STGTModel(cfg, build_vision_backbone(cfg.backbone, load_weights=False))
+    else:
+        model = STGTModel(cfg, build_vision_backbone(cfg.backbone, load_weights=pretrained))
+        text_folder = text_model_folder(cfg.qformer.text_model)
+        if pretrained and text_folder is not None:
+            load_text_weights(model.qformer, cfg.qformer, text_folder)
+    if cfg.qformer.trainable_text_layers is not None:
+        freeze_text_layers(model, cfg.qformer.trainable_text_layers)
     return model.to(device)
+
+
+def freeze_text_layers(model: STGTModel, trainable: int) -> None:
+    """Freeze the text side of all but the last `trainable` Q-Former layers: word/position embeddings, the shared
+    self-attention and the text FFN. The queries' FFN and the cross-attention stay trainable, so the video path
+    still adapts everywhere (the calibration run trained only the last text layer of MiniLM)."""
+    qformer = model.qformer
+    num_layers = len(qformer.bert.encoder.layer)
+    frozen = qformer.text_input_modules()
+    for index in range(max(num_layers - trainable, 0)):
+        frozen += qformer.text_layer_modules(index)
+    for module in frozen:
+        module.requires_grad_(False)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+OFFICIAL_FRAME_WINDOW = 1  # the official temporal mask: edges join the same or adjacent frames only
+
 
 def frame_window_mask(
-    num_frames: int, tokens_per_frame: int, window: int = 1, device: torch.device | str | None = None
+    num_frames: int, tokens_per_frame: int, window: int = OFFICIAL_FRAME_WINDOW,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Bool (T*N, T*N): True where the two nodes' frames are at most `window` apart (official `gen_graph_mask`)."""
     frame_of_node = torch.arange(num_frames * tokens_per_frame, device=device) // tokens_per_frame
@@ -96,7 +99,7 @@ class BlockGraph:
 
 
 @torch.no_grad()
-def build_graph(tokens: Tensor, num_frames: int, threshold: float, window: int = 1) -> Tensor:
+def build_graph(tokens: Tensor, num_frames: int, threshold: float, window: int = OFFICIAL_FRAME_WINDOW) -> Tensor:
     """Dense weighted adjacency (B, T*N, T*N) of the official `build_graph` (no gradient flows through it)."""
     frames = split_frames(tokens, num_frames)
     batch, _, n, dim = frames.shape
@@ -109,7 +112,8 @@ def build_graph(tokens: Tensor, num_frames: int, threshold: float, window: int =
 
 
 @torch.no_grad()
-def build_block_graph(tokens: Tensor, num_frames: int, threshold: float, window: int = 1) -> BlockGraph:
+def build_block_graph(tokens: Tensor, num_frames: int, threshold: float,
+                      window: int = OFFICIAL_FRAME_WINDOW) -> BlockGraph:
     """Same graph as `build_graph`, as frame blocks; memory grows with T * N^2 instead of (T * N)^2.
 
     The window is capped at T - 1 because blocks beyond it would always be empty (T = 1 keeps one block).

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from stgt_model.backbones import VisionBackbone
-from stgt_model.config import ModelConfig
+from stgt_model.config import LOSS_NAMES, ModelConfig
 from stgt_model.losses import (
     all_gather_with_grad,
     concat_all_gather,
@@ -38,7 +38,6 @@ from stgt_model.qa import QAHead
 from stgt_model.qformer import QFormer
 from stgt_model.stgt import CrossGraphTransformer
 
-LOSS_NAMES = ("vtc", "csal", "vtm", "vtg", "twin")  # twin: not in STGT (losses.twin_order_loss)
 CONTRASTIVE_LOGIT_USERS = {"vtc", "csal", "vtm", "twin"}  # VTM samples its hard negatives from the contrastive logits
 TEMP_CLAMP_RANGE = (0.001, 0.5)  # BLIP-2's clamp, off by default (official STGT: unclamped, §7.9)
 

@@ -19,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stgt_model.graph import build_block_graph, build_graph
+from stgt_model.config import STGTConfig
+from stgt_model.graph import OFFICIAL_FRAME_WINDOW, build_block_graph, build_graph
 from stgt_model.graph_attention import ATTENTION_IMPLS, GraphAttention, resolve_attention_impl
 
 PositionEmbedding = Literal["sincos", "official_random"]
 GraphMode = Literal["graph", "plain"]
 POSITION_EMBEDDINGS: tuple[str, ...] = ("sincos", "official_random")
 GRAPH_MODES: tuple[str, ...] = ("graph", "plain")
+_DEFAULT = STGTConfig()  # the one home of the module's defaults (stgt_model/config.py)
 
 
 class QuickGELU(nn.Module):
@@ -78,12 +80,12 @@ class CrossFrameGraphFormerBlock(nn.Module):
         self,
         width: int,
         heads: int,
-        sim_threshold: float = 0.5,
-        cross_frame_repeats: int = 2,
-        attn_dropout: float = 0.1,
-        graph_mode: GraphMode = "graph",
-        attention_impl: str = "auto",
-        frame_window: int = 1,
+        sim_threshold: float,
+        cross_frame_repeats: int,
+        attn_dropout: float,
+        graph_mode: GraphMode,
+        attention_impl: str,
+        frame_window: int,
     ) -> None:
         super().__init__()
         self.sim_threshold = sim_threshold
@@ -178,17 +180,17 @@ class CrossGraphTransformer(nn.Module):
         heads: int,
         num_frames: int,
         grid: tuple[int, int],
-        sim_threshold: float = 0.5,
-        pos_embed: PositionEmbedding = "sincos",
-        cross_frame_repeats: int = 2,
-        attn_dropout: float = 0.1,
-        graph_mode: GraphMode = "graph",
-        attention_impl: str = "auto",
+        sim_threshold: float = _DEFAULT.sim_threshold,
+        pos_embed: PositionEmbedding = _DEFAULT.pos_embed,
+        cross_frame_repeats: int = _DEFAULT.cross_frame_repeats,
+        attn_dropout: float = _DEFAULT.attn_dropout,
+        graph_mode: GraphMode = _DEFAULT.graph_mode,
+        attention_impl: str = _DEFAULT.attention_impl,
         in_dim: int | None = None,
         out_dim: int | None = None,
-        frame_window: int = 1,
-        time_embed_std: float = 0.02,
-        init_std: float | None = None,
+        frame_window: int = OFFICIAL_FRAME_WINDOW,
+        time_embed_std: float = _DEFAULT.time_embed_std,
+        init_std: float | None = _DEFAULT.init_std,
     ) -> None:
         super().__init__()
         if pos_embed not in POSITION_EMBEDDINGS:

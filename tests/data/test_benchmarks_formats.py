@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import PrepareConfig, load_params
-from components.errors import ConfigError, StgtError
-from components.presets import available, load_preset, load_recipe
-from components.sources.benchmarks import activitynet, didemo, lsmdc, msrvtt, msvd, qa
-from components.sources.benchmarks.lookup import VideoIndex, list_remote
+from stgt_pipeline.errors import ConfigError, StgtError
+from stgt_pipeline.params import PrepareConfig, load_params
+from stgt_pipeline.presets import available, load_preset, load_recipe
+from stgt_pipeline.sources.benchmarks import activitynet, didemo, lsmdc, msrvtt, msvd, qa
+from stgt_pipeline.sources.benchmarks.lookup import VideoIndex, list_remote
 
 
 def config(source: str, tmp: Path, splits: dict, **bench) -> PrepareConfig:

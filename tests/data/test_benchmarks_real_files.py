@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from components.config import PrepareConfig
-from components.sources.benchmarks import activitynet, didemo, msrvtt, qa
-from components.sources.benchmarks.common import read_id_list
+from stgt_pipeline.params import PrepareConfig
+from stgt_pipeline.sources.benchmarks import activitynet, didemo, msrvtt, qa
+from stgt_pipeline.sources.benchmarks.common import read_id_list
 
 
 @pytest.fixture

@@ -13,12 +13,11 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from components.config import PrepareConfig
-from components.errors import StgtError
-from components.manifest import COLUMNS, read_manifest
-from components.sources.benchmarks import webvid
-from components.manifest import ManifestWriter
-from components.sources.benchmarks.streaming import iter_json_array
+from stgt_pipeline.errors import StgtError
+from stgt_pipeline.io.manifest import COLUMNS, ManifestWriter, read_manifest
+from stgt_pipeline.params import PrepareConfig
+from stgt_pipeline.sources.benchmarks import webvid
+from stgt_pipeline.sources.benchmarks.streaming import iter_json_array
 
 ROWS = 200_000
 PRESENT = (0, 70_000, ROWS - 1)

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import prepare
-from components.config import Params
-from components.errors import StgtError
-from components.manifest import read_manifest
-from components.sources.synthetic import write_mp4
-from components.validate import files_exist
+from stgt_pipeline.components.prepare import stage as prepare
+from stgt_pipeline.components.validate.stage import files_exist
+from stgt_pipeline.errors import StgtError
+from stgt_pipeline.io.manifest import read_manifest
+from stgt_pipeline.params import Params
+from stgt_pipeline.sources.synthetic import write_mp4
 
 
 @pytest.fixture(scope="module")

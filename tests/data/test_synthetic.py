@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import prepare
-from components.config import Params, PrepareConfig
-from components.manifest import read_manifest
-from components.sources import synthetic
 from stgt_model.video.probe import probe
+from stgt_pipeline.components.prepare import stage as prepare
+from stgt_pipeline.io.manifest import read_manifest
+from stgt_pipeline.params import Params, PrepareConfig
+from stgt_pipeline.sources import synthetic
 
 SMALL = dict(num_videos=9, frames_per_video=8, width=64, height=64)
 TIME_DEPENDENT = ("direction", "order")
@@ -178,7 +178,7 @@ def test_captions_and_qa_come_from_a_closed_vocabulary(corpus):
 
 
 def test_odd_frame_sizes_are_refused_readably(tmp_path):
-    from components.errors import StgtError
+    from stgt_pipeline.errors import StgtError
 
     with pytest.raises(StgtError, match="even"):
         make(tmp_path / "d", width=65)
@@ -188,7 +188,7 @@ def test_odd_frame_sizes_are_refused_readably(tmp_path):
 def test_no_two_clips_share_a_scene_even_in_a_large_corpus():
     # Without redraws, one shape vanishing in place recurs every few hundred clips: byte-identical videos in
     # different splits, which validate rightly rejects as leakage.
-    from components.sources.synthetic import draw_script, reverse, unique_attempts
+    from stgt_pipeline.sources.synthetic import draw_script, reverse, unique_attempts
 
     attempts = unique_attempts(seed=0, count=1500, frames=24)
     scripts = [draw_script(0, i, 24, a)[0] for i, a in enumerate(attempts)]

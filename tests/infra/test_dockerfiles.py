@@ -50,8 +50,14 @@ def test_cpu_and_cuda_images_differ_only_in_the_torch_wheel_index():
     assert "download.pytorch.org/whl/cpu" in cpu and re.search(r"download.pytorch.org/whl/cu\d+", cuda)
 
 
+SOURCE_FOLDERS = ("stgt_model", "stgt_pipeline", "components", "pipelines")  # what `pip install .` packages
+
+
 def test_build_context_ignores_everything_but_sources_and_lock():
     for name in PROJECT_IMAGES:
         ignore = (INFRA / "docker" / f"{name}.dockerignore").read_text().split()
         assert ignore[ignore.index("*") if "*" in ignore else 0] == "*"
-        assert "!requirements/lock.txt" in ignore and "!components/" in ignore
+        assert "!requirements/lock.txt" in ignore
+        text = (INFRA / "docker" / name).read_text()
+        for folder in SOURCE_FOLDERS:
+            assert f"!{folder}/" in ignore and f"COPY {folder} {folder}" in text, (name, folder)

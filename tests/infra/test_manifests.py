@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.kfp import trainjob
+from stgt_pipeline.kfp.run import trainjob
 from tests.infra.conftest import K8S, OVERLAYS, tool
 
 KUBERNETES_VERSION = "1.33"
@@ -101,8 +101,8 @@ def test_mlflow_server_has_postgres_s3_artifacts_auth_and_allowed_hosts(rendered
 
 
 def test_pipeline_secret_keys_are_the_ones_tasks_mount(rendered):
-    from components.kfp.task_config import MLFLOW_SECRET_KEYS, S3_SECRET_KEYS
-    from pipelines.stgt_pipeline import CLUSTER_PARAMETERS
+    from stgt_pipeline.kfp.build.task_config import MLFLOW_SECRET_KEYS, S3_SECRET_KEYS
+    from stgt_pipeline.pipelines.stgt_pipeline import CLUSTER_PARAMETERS
 
     _, docs = rendered
     secrets = {d["metadata"]["name"]: set(d["stringData"]) for d in docs if d["kind"] == "Secret"}

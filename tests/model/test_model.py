@@ -207,7 +207,7 @@ def test_mean_text_pooling_averages_the_caption_tokens_only():
 
 
 def frozen_text_model(trainable_layers=0, pooling="mean"):
-    from components.pretrain import freeze_text_layers
+    from stgt_model.factory import freeze_text_layers
 
     model = tiny_model(qformer={"dropout": 0.0, "text_pooling": pooling})
     freeze_text_layers(model, trainable_layers)
@@ -260,7 +260,7 @@ def test_text_cache_refuses_a_trainable_text_path():
         tiny_model(qformer={"dropout": 0.0}).cache_frozen_text(True)  # every text layer trains
     with pytest.raises(ValueError, match="dropout"):
         model = tiny_model(qformer={"dropout": 0.1})
-        from components.pretrain import freeze_text_layers
+        from stgt_model.factory import freeze_text_layers
 
         freeze_text_layers(model, 0)
         model.cache_frozen_text(True)

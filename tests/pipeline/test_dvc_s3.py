@@ -20,7 +20,7 @@ import boto3
 import pytest
 import yaml
 
-from components import registry
+from stgt_pipeline import stages
 from tests.pipeline.dvc_project import TINY_PARAMS, make_project, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -30,7 +30,7 @@ BUCKET = "stgt-dvc"
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 DATA_STAGES = ("prepare", "validate", "extract_frames", "build_graphs")
 LAST_DATA_STAGE = DATA_STAGES[-1]
-DATA = [path for stage in DATA_STAGES for path in registry.get(stage).outputs.values()]
+DATA = [path for stage in DATA_STAGES for path in stages.get(stage).outputs.values()]
 # test_dvc_repro's tiny corpus, plus a backbone input matching the 32 px frames and a CPU build_graphs (the tiny
 # model alone would keep params.yaml's 96 px backbone.image_size: 9x the tokens, from upsampled frames).
 PARAMS = {**TINY_PARAMS, "model": {"preset": "tiny", "backbone": {"image_size": 32}},
@@ -102,7 +102,7 @@ def test_push_to_s3_and_pull_into_a_fresh_clone_gives_identical_files(tmp_path, 
     assert ".dvc/config.local" not in tracked, "credentials must never be committed"
     # The stages' summaries are metrics with cache: false, so git carries them, not the remote (without them the
     # clone's stages would not be up to date).
-    assert {registry.get(stage).metrics for stage in DATA_STAGES} <= set(tracked)
+    assert {stages.get(stage).metrics for stage in DATA_STAGES} <= set(tracked)
     assert "testing" not in (repo / ".dvc" / "config").read_text()
     run(["dvc", "push"], repo, env)
     original = digests(repo)

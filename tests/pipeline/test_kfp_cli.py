@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from components.cli import main
+from stgt_pipeline.cli import main
 from tests.conftest import REPO_ROOT
 
 
@@ -19,7 +19,7 @@ def closed_port() -> int:
 
 
 def stgt(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "components.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "stgt_pipeline.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)
 
 

@@ -11,21 +11,32 @@ import pytest
 import yaml
 from kfp import compiler
 
-from components import registry
-from components.config import load_params
-from components.kfp import artifacts, fanout, frame_shards
-from components.kfp.params import name_of, nested, pipeline_params, run_arguments
-from components.kfp.parent_run import finish_run_component, open_run_component
-from components.kfp.stage_components import (StageInterface, collect_component, publish_component, shard_component,
-                                             stage_component, trainjob_component)
-from components.manifest import COLUMNS, read_manifest, write_manifest
+from stgt_pipeline import stages
+from stgt_pipeline.components.extract_frames import merge as frame_shards
+from stgt_pipeline.io.manifest import COLUMNS, read_manifest, write_manifest
+from stgt_pipeline.kfp.build.components import (
+    StageInterface,
+    collect_component,
+    finish_run_component,
+    open_run_component,
+    plan_component,
+    publish_component,
+    shard_component,
+    stage_component,
+    trainjob_component,
+)
+from stgt_pipeline.kfp.build.params import pipeline_params, run_arguments
+from stgt_pipeline.kfp.conventions import name_of, nested
+from stgt_pipeline.kfp.run import artifacts
+from stgt_pipeline.kfp.run import shards as fanout
+from stgt_pipeline.params import load_params
 from tests.conftest import REPO_ROOT
 
 PARAMS = load_params(REPO_ROOT / "params.yaml")
 
 
 def interface(name: str) -> StageInterface:
-    return StageInterface.of(registry.get(name), registry.STAGES, PARAMS)
+    return StageInterface.of(stages.get(name), stages.STAGES, PARAMS)
 
 
 def compile_alone(component, tmp_path: Path) -> dict:
@@ -34,7 +45,7 @@ def compile_alone(component, tmp_path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.mark.parametrize("stage", [s.name for s in registry.STAGES])
+@pytest.mark.parametrize("stage", [s.name for s in stages.STAGES])
 def test_each_stage_component_compiles_with_its_registry_interface(stage, tmp_path):
     iface = interface(stage)
     spec = compile_alone(stage_component(iface), tmp_path)
@@ -57,7 +68,7 @@ def test_typed_artifacts_for_small_outputs_and_html_view(tmp_path):
 
 def test_shard_collect_plan_mlflow_run_and_trainjob_components_compile(tmp_path):
     iface, pretrain = interface("extract_frames"), interface("pretrain")
-    for component in (shard_component(iface), collect_component(iface), fanout.plan_component(),
+    for component in (shard_component(iface), collect_component(iface), plan_component(),
                       finish_run_component(), open_run_component(iface.params), trainjob_component(pretrain),
                       publish_component(pretrain), stage_component(pretrain, distributed=True)):
         assert compile_alone(component, tmp_path)["deploymentSpec"]["executors"]
@@ -78,10 +89,10 @@ def test_generated_source_is_what_kfp_ships():
     assert "'validate.duration_s.min': validate__duration_s__min," in source
 
 
-@pytest.mark.parametrize("stage", [s.name for s in registry.STAGES if s.foreach])
+@pytest.mark.parametrize("stage", [s.name for s in stages.STAGES if s.foreach])
 def test_each_foreach_item_has_its_own_component_with_only_its_outputs(stage, tmp_path):
-    ifaces = StageInterface.all_of(registry.get(stage), registry.STAGES, PARAMS)
-    assert [i.item for i in ifaces] == list(registry.get(stage).foreach)
+    ifaces = StageInterface.all_of(stages.get(stage), stages.STAGES, PARAMS)
+    assert [i.item for i in ifaces] == list(stages.get(stage).foreach)
     for iface in ifaces:
         spec = compile_alone(stage_component(iface), tmp_path)
         assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {iface.item, "summary"}

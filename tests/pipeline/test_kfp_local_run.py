@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import registry
-from components.manifest import read_manifest
+from stgt_pipeline import stages
+from stgt_pipeline.io.manifest import read_manifest
 from tests.conftest import REPO_ROOT
 
 TINY = ["prepare.num_videos=6", "prepare.frames_per_video=8", "prepare.width=32", "prepare.height=32",
@@ -42,13 +42,13 @@ def test_run_local_runs_every_stage_and_publishes_typed_artifacts(tmp_path):
     env.pop("STGT_TRACKING", None)
     args = [a for kv in TINY for a in ("--set", kv)]
     proc = subprocess.run(
-        [sys.executable, "-m", "components.cli", "pipeline", "run-local", "--params", str(tiny_params(tmp_path)),
+        [sys.executable, "-m", "stgt_pipeline.cli", "pipeline", "run-local", "--params", str(tiny_params(tmp_path)),
          "--output-dir", str(tmp_path / "out"), "--shards", "2", *args],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((tmp_path / "out").glob("stgt-pipeline-*"))
     tasks = {p.name for p in run.iterdir()}
-    expected = {f"{s.name}-{item}" if item else s.name for s in registry.STAGES for item in (s.foreach or ("",))}
+    expected = {f"{s.name}-{item}" if item else s.name for s in stages.STAGES for item in (s.foreach or ("",))}
     assert {t.replace("_", "-") for t in expected} | {"finish-run", "open-mlflow-run"} <= tasks
     assert "pretrain-trainjob" not in tasks  # one node (the default): pretrain ran in its own task
 
@@ -61,9 +61,9 @@ def test_run_local_runs_every_stage_and_publishes_typed_artifacts(tmp_path):
     assert "index.parquet" in {f["path"] for f in pointer["files"]}
 
     # One finetune task per task, each training only its own (finetune.tasks narrowed to it).
-    for task in registry.get("finetune").foreach:
+    for task in stages.get("finetune").foreach:
         pointer = json.loads((run / f"finetune-{task}" / task).read_text())
-        assert pointer["workspace_path"].endswith(registry.get("finetune").outputs[task]) and pointer["files"]
+        assert pointer["workspace_path"].endswith(stages.get("finetune").outputs[task]) and pointer["files"]
     metrics = json.loads((run / "evaluate" / "report" / "metrics.json").read_text())  # the Artifact is the folder
     assert "R@1" in json.dumps(metrics["retrieval"])
 
@@ -83,5 +83,5 @@ def test_run_local_runs_every_stage_and_publishes_typed_artifacts(tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["kfp.run_id"].startswith("local-")
     stage_runs = client.search_runs([experiment], filter_string="tags.`stgt.role` = 'stage'")
-    assert {r.data.tags["stage"] for r in stage_runs} == {s.name for s in registry.STAGES}
+    assert {r.data.tags["stage"] for r in stage_runs} == {s.name for s in stages.STAGES}
     assert {r.data.tags.get("mlflow.parentRunId") for r in stage_runs} == {parents[0].info.run_id}

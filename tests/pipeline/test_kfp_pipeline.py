@@ -1,19 +1,20 @@
 """The compiled Kubeflow pipeline against the stage registry, dvc.yaml and the checked-in golden file."""
 from __future__ import annotations
 
-from dataclasses import replace
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import pytest
 import yaml
 
-from components import registry
-from components.errors import StgtError
-from components.kfp import distributed, parent_run, task_config
-from components.registry import Resources, Stage
-from pipelines.stgt_pipeline import COMPILED, compile_pipeline
+from stgt_pipeline import stages
+from stgt_pipeline.errors import StgtError
+from stgt_pipeline.kfp import conventions
+from stgt_pipeline.kfp.build import task_config
+from stgt_pipeline.pipelines.stgt_pipeline import COMPILED, compile_pipeline
+from stgt_pipeline.stages import Resources, Stage
 from tests.conftest import REPO_ROOT
 
 PARAMS = REPO_ROOT / "params.yaml"
@@ -37,7 +38,7 @@ def all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: task for dag in dags for name, task in dag["tasks"].items()}
 
 
-def units(stages: Iterable[Stage] = registry.STAGES) -> dict[str, tuple[Stage, str]]:
+def units(stages: Iterable[Stage] = stages.STAGES) -> dict[str, tuple[Stage, str]]:
     """dvc.yaml stage name -> (registry stage, item): a foreach stage is one unit per item, `finetune@qa`."""
     return {f"{s.name}@{i}" if i else s.name: (s, i) for s in stages for i in (s.foreach or ("",))}
 
@@ -92,7 +93,7 @@ def stage_upstream(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, set
     return {unit: upstream(task, set()) for task, unit in unit_of.items()}
 
 
-def registry_upstream(stages: Iterable[Stage] = registry.STAGES) -> dict[str, set[str]]:
+def registry_upstream(stages: Iterable[Stage] = stages.STAGES) -> dict[str, set[str]]:
     """Each unit's producers per the registry: a foreach item produces the outputs keyed by its item."""
     stages = list(stages)
     made_by = {path: f"{s.name}@{key}" if key in s.foreach else s.name for s in stages
@@ -119,7 +120,7 @@ def compiled(tmp_path_factory) -> tuple[dict[str, Any], dict[str, Any]]:
 @pytest.fixture(scope="module")
 def with_gpu_stage(tmp_path_factory) -> tuple[dict[str, Any], dict[str, Any]]:
     path = tmp_path_factory.mktemp("kfp") / "gpu.yaml"
-    return load(compile_pipeline(path, PARAMS, stages=(*registry.STAGES, FAKE_TRAIN)))
+    return load(compile_pipeline(path, PARAMS, stages=(*stages.STAGES, FAKE_TRAIN)))
 
 
 def dvc_upstream() -> tuple[list[str], dict[str, set[str]], dict[str, set[str]]]:
@@ -144,8 +145,8 @@ def test_every_registry_stage_is_a_task_with_the_registry_dependencies(compiled)
     assert stage_upstream(spec, names) == registry_upstream()
     # Merging a foreach stage's items gives back the registry's stage-level dependencies.
     merged = {s.name: {u.split("@")[0] for unit in units([s]) for u in registry_upstream()[unit]}
-              for s in registry.STAGES}
-    assert merged == {s.name: set(s.upstream) for s in registry.STAGES}
+              for s in stages.STAGES}
+    assert merged == {s.name: set(s.upstream) for s in stages.STAGES}
 
 
 def test_dvc_yaml_and_pipeline_have_the_same_stages_order_dependencies_and_params(compiled):
@@ -210,7 +211,7 @@ def test_registry_gpu_stages_request_their_gpus_on_the_cuda_image(compiled):
         label = executor_of(spec, stage_tasks(spec, [unit])[unit])
         resources = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
         # A multi-node stage's pod takes its GPUs per node from a pipeline parameter (torchrun over them).
-        gpus = gpu_parameter(stage.name) if stage.name in distributed.STAGES else str(stage.resources.gpus)
+        gpus = gpu_parameter(stage.name) if stage.multi_node else str(stage.resources.gpus)
         assert resources["accelerator"]["resourceCount"] == gpus, unit
         assert (resources["resourceCpuLimit"], resources["resourceMemoryLimit"]) == (stage.resources.cpu,
                                                                                       stage.resources.memory)
@@ -220,7 +221,7 @@ def test_registry_gpu_stages_request_their_gpus_on_the_cuda_image(compiled):
 
 def test_foreach_stage_is_one_task_per_item_narrowing_its_list_param(compiled):
     spec, _ = compiled
-    foreach = [s for s in registry.STAGES if s.foreach]
+    foreach = [s for s in stages.STAGES if s.foreach]
     assert foreach  # finetune: one task per task (retrieval, qa), as dvc.yaml's finetune@retrieval, finetune@qa
     tasks = all_tasks(spec)
     for stage in foreach:
@@ -232,7 +233,7 @@ def test_foreach_stage_is_one_task_per_item_narrowing_its_list_param(compiled):
             outputs = spec["components"][task["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
             assert set(outputs) == {item, "summary"}  # only the outputs keyed by its item
         # Consumers wait for the items whose outputs they read (evaluate and register: all of them).
-        for consumer in registry.STAGES:
+        for consumer in stages.STAGES:
             read = {item for item in stage.foreach if stage.outputs[item] in consumer.inputs.values()}
             for unit in units([consumer]):
                 deps = set(tasks[task_name(unit)].get("dependentTasks", []))
@@ -254,7 +255,7 @@ def test_secrets_and_run_id_are_env_on_every_stage_shard_launcher_and_mlflow_tas
                            "s3_secret": set(task_config.S3_SECRET_KEYS)}, label
         # The run id from the pod label, not an input: an input would change cacheable tasks' keys every run.
         assert executors[label]["fieldPathAsEnv"] == [
-            {"fieldPath": f"metadata.labels['{parent_run.RUN_ID_LABEL}']", "name": parent_run.RUN_ID_ENV}], label
+            {"fieldPath": f"metadata.labels['{conventions.RUN_ID_LABEL}']", "name": conventions.RUN_ID_ENV}], label
 
 
 def test_caching_follows_registry_and_is_off_for_workspace_writers_and_mutable_state(with_gpu_stage):
@@ -281,7 +282,7 @@ def test_sharded_stage_fans_out_over_a_plan_and_is_collected(compiled):
 def test_stage_whose_input_no_stage_produces_is_refused(tmp_path):
     orphan = replace(FAKE_TRAIN, name="orphan", inputs={"frames": "data/nowhere"})
     with pytest.raises(StgtError, match="produced by no stage"):
-        compile_pipeline(tmp_path / "p.yaml", PARAMS, stages=(*registry.STAGES, orphan))
+        compile_pipeline(tmp_path / "p.yaml", PARAMS, stages=(*stages.STAGES, orphan))
 
 
 # -- multi-node training and the MLflow parent run ------------------------------------------------------------------
@@ -293,7 +294,9 @@ def test_multi_node_stage_branches_to_a_trainjob_launcher_or_its_own_pod(compile
     spec, executors = compiled
     tasks, parent = all_tasks(spec), enclosing(spec)
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    for stage in distributed.STAGES:
+    multi_node = [s.name for s in stages.STAGES if s.multi_node]
+    assert multi_node == ["pretrain"]
+    for stage in multi_node:
         name = task_name(stage)
         assert inputs[f"{stage}_num_nodes"]["defaultValue"] == 1
         assert inputs[f"{stage}_procs_per_node"]["defaultValue"] == 1

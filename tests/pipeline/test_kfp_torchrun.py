@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from components import pretrain
-from components.kfp import stage_task
-from components.tracking import flatten
+from stgt_pipeline import training
+from stgt_pipeline.kfp.run import stage_task
+from stgt_pipeline.tracking.runs import flatten
 from tests.stages.tiny_corpus import corpus, tiny_params  # noqa: F401 - the session fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -24,7 +24,7 @@ def test_pretrain_task_with_two_processes_runs_the_stage_under_torchrun(corpus, 
     monkeypatch.setenv("STGT_TRACKING", "off")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.chdir(tmp_path)  # torchrun's `-m components.cli` must still import the project: it is installed
+    monkeypatch.chdir(tmp_path)  # torchrun's `-m stgt_pipeline.cli` must still import the project: it is installed
     monkeypatch.setattr(stage_task, "run_stage", lambda *a, **k: pytest.fail("ran in-process, not under torchrun"))
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)
@@ -39,7 +39,7 @@ def test_pretrain_task_with_two_processes_runs_the_stage_under_torchrun(corpus, 
                                        procs_per_node=2)
 
     out = ws / "data" / "checkpoints" / "pretrain"
-    assert (out / pretrain.MODEL_FILE).is_file() and not pretrain.work_dir(out).exists()
+    assert (out / training.MODEL_FILE).is_file() and not training.work_dir(out).exists()
     assert result["stage1"]["steps"] == 3 and result["stage2"]["steps"] == 3  # 3 steps of 2 ranks x batch 4
     assert json.loads((ws / "reports" / "pretrain.json").read_text()) == result
     assert json.loads(Path(checkpoint.path).read_text())["workspace_path"] == str(out)  # the pointer published

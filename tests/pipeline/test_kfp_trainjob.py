@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.kfp import trainjob
-from components.registry import Stage
+from stgt_pipeline.kfp.run import trainjob
+from stgt_pipeline.stages import Stage
 
 STAGE = Stage(name="pretrain", help="test stage", params=("extract_frames",), inputs={"frames": "data/frames"},
               outputs={"checkpoint": "models/pretrain"})
@@ -74,7 +74,7 @@ def test_manifest_runs_the_stage_with_torchrun_on_the_task_resources():
     assert spec["runtimeRef"] == {"name": trainjob.RUNTIME} and spec["activeDeadlineSeconds"] == 3600
     trainer = spec["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["image"]) == (4, 8, "img:1")
-    assert trainer["command"][:4] == ["torchrun", "-m", "components.cli", "pretrain"]
+    assert trainer["command"][:4] == ["torchrun", "-m", "stgt_pipeline.cli", "pretrain"]
     assert "--frames" in trainer["command"] and "/kfp-workspace/models/pretrain" in trainer["command"]
     assert trainer["resourcesPerNode"] == TASK_CONFIG.resources and trainer["env"] == TASK_CONFIG.env
     job = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
@@ -119,9 +119,12 @@ def test_wait_tolerates_a_few_api_errors_but_not_many():
 
 
 def test_run_task_stages_artifact_inputs_creates_waits_and_returns_the_stage_summary(tmp_path, monkeypatch):
-    from components import registry
+    from kfp.dsl import Dataset
 
-    monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, STAGE.name: STAGE})
+    from stgt_pipeline import stages
+    from stgt_pipeline.kfp import conventions
+
+    monkeypatch.setattr(stages, "BY_NAME", {**stages.BY_NAME, STAGE.name: STAGE})
     monkeypatch.setenv("STGT_TRACKING", "off")
     monkeypatch.setenv("KFP_RUN_ID", "run-1")
     ws = tmp_path / "ws"
@@ -130,7 +133,7 @@ def test_run_task_stages_artifact_inputs_creates_waits_and_returns_the_stage_sum
     downloaded = tmp_path / "artifact" / "frames"  # an artifact input, as KFP downloads it into the launcher pod
     (downloaded / "sub").mkdir(parents=True)
     (downloaded / "sub" / "x.txt").write_text("x")
-    monkeypatch.setattr(trainjob.artifacts, "in_workspace", lambda key: key != "frames")
+    monkeypatch.setitem(conventions.ARTIFACT_OUTPUTS, "frames", Dataset)  # frames as an artifact, for this test
     api = FakeTrainJobApi([condition("Complete")])
     result = trainjob.run_trainjob_task("pretrain", str(ws), {"extract_frames.num_frames": 4},
                                         {"frames": SimpleNamespace(path=str(downloaded))}, "img:1", 2, 1, 60,
@@ -148,9 +151,6 @@ def test_run_task_stages_artifact_inputs_creates_waits_and_returns_the_stage_sum
 
 
 def test_run_task_refuses_a_stage_with_artifact_outputs(tmp_path, monkeypatch):
-    from components import registry
-
-    monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, "validate": registry.get("validate")})
     with pytest.raises(trainjob.StgtError, match="workspace outputs only"):
         trainjob.run_trainjob_task("validate", str(tmp_path), {}, {}, "img:1", 2, 1, 60, TASK_CONFIG,
                                    api=FakeTrainJobApi([]), namespace="team")

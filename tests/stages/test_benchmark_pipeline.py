@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.manifest import read_manifest
-from components.runner import run_stage
+from stgt_pipeline.io.manifest import read_manifest
+from stgt_pipeline.runner import run_stage
 
 TRAIN_IDS = ("video0", "video1")  # in MSRVTT_train.9k.csv
 CLIPS = {  # MSR-VTT id -> real clip (1k-A test ids from MSRVTT_JSFUSION_test.csv)

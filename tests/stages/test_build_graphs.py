@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from components import build_graphs
-from components.config import Params
-from components.errors import StageFailed, StgtError
-from components.manifest import write_manifest
 from stgt_model.data import ClipStore, normalise_frames
 from stgt_model.graph import build_graph, graph_statistics, to_edge_list
+from stgt_pipeline.components.build_graphs import stage as build_graphs
+from stgt_pipeline.errors import StageFailed, StgtError
+from stgt_pipeline.io.manifest import write_manifest
+from stgt_pipeline.params import Params
 
 T, SIZE = 4, 32
 TINY_TOKENS, TINY_DIM = 1 + (32 // 8) ** 2, 32  # tiny preset: 32 px, patch 8, width 32

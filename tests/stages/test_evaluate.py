@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from components import evaluate
+from stgt_pipeline.components.evaluate import stage as evaluate
 from tests.stages.tiny_corpus import corpus, tiny_params, trained  # noqa: F401 - session fixtures
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import extract_frames, gx
-from components.config import Params
-from components.errors import StageFailed
-from components.gx import SuiteResult
-from components.manifest import write_manifest
 from stgt_model.video.decode import read_clip
+from stgt_pipeline.components.extract_frames import stage as extract_frames
+from stgt_pipeline.errors import StageFailed
+from stgt_pipeline.io.manifest import write_manifest
+from stgt_pipeline.params import Params
+from stgt_pipeline.quality import gx
+from stgt_pipeline.quality.gx import SuiteResult
 
 VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "real-media" / "videos"
 CORRUPT = VIDEOS / "edge_cases" / "decord_corrupted.mp4"
@@ -136,12 +137,12 @@ def test_failed_suite_keeps_the_previous_output(dataset, tmp_path, monkeypatch):
     (out / "previous.txt").write_text("old")
 
     def failing_suite(df, suite, expectations_kwargs, html_path, title):
-        assert suite == "frames" and expectations_kwargs == {"num_frames": T, "size": SIZE}
+        assert suite == extract_frames.SUITE and expectations_kwargs == {"num_frames": T, "size": SIZE}
         assert list(df.columns) == extract_frames.STATS_COLUMNS and len(df) == 5
         Path(html_path).write_text("FAILED")
         return SuiteResult("frames", False, ["is_blank: 5 of 5 rows fail"], {})
 
-    monkeypatch.setattr(gx, "validate_dataframe", failing_suite)  # the stage gates through components.gx.gate
+    monkeypatch.setattr(gx, "validate_dataframe", failing_suite)  # the stage gates through quality.gx.gate
     with pytest.raises(StageFailed, match="frames suite failed"):
         run(params(), dataset, out)
     assert [p.name for p in out.iterdir()] == ["previous.txt"]

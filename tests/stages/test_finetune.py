@@ -5,8 +5,10 @@ import json
 import pytest
 import torch
 
-from components import dvcgen, finetune, pretrain, registry
-from components.config import load_params
+from stgt_pipeline import dvc_yaml as dvcgen
+from stgt_pipeline import stages, training
+from stgt_pipeline.components.finetune import stage as finetune
+from stgt_pipeline.params import load_params
 from tests.stages.tiny_corpus import corpus, tiny_params, trained  # noqa: F401 - session fixtures
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -14,13 +16,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 def test_finetune_writes_retrieval_and_qa_models(trained):
     for task in ("retrieval", "qa"):
-        assert (trained[task] / pretrain.MODEL_FILE).exists()
-        assert (trained[task] / pretrain.CURVES_FILE).exists()
-        assert not pretrain.work_dir(trained[task]).exists()
-    vocab = json.loads((trained["qa"] / finetune.VOCAB_FILE).read_text())
-    state = torch.load(trained["qa"] / pretrain.MODEL_FILE, weights_only=True)
+        assert (trained[task] / training.MODEL_FILE).exists()
+        assert (trained[task] / training.CURVES_FILE).exists()
+        assert not training.work_dir(trained[task]).exists()
+    vocab = json.loads((trained["qa"] / training.VOCAB_FILE).read_text())
+    state = torch.load(trained["qa"] / training.MODEL_FILE, weights_only=True)
     assert state["qa_head.mlp.2.weight"].shape[0] == len(vocab) <= 20  # answer_vocab_size of the tiny params
-    assert "qa_head.mlp.2.weight" not in torch.load(trained["retrieval"] / pretrain.MODEL_FILE, weights_only=True)
+    assert "qa_head.mlp.2.weight" not in torch.load(trained["retrieval"] / training.MODEL_FILE, weights_only=True)
 
 
 def test_a_single_task_run_writes_only_that_task(trained, tmp_path):
@@ -28,11 +30,11 @@ def test_a_single_task_run_writes_only_that_task(trained, tmp_path):
     outputs = {"retrieval": tmp_path / "retrieval", "qa": tmp_path / "qa"}
     summary = finetune.run(params, {k: trained[k] for k in ("dataset", "features", "pretrained")}, outputs)
     assert list(summary) == ["qa"]
-    assert (outputs["qa"] / pretrain.MODEL_FILE).exists() and not outputs["retrieval"].exists()
+    assert (outputs["qa"] / training.MODEL_FILE).exists() and not outputs["retrieval"].exists()
 
 
 def test_dvc_yaml_runs_finetune_as_a_foreach_over_tasks():
-    entry = dvcgen.stage_entry(registry.get("finetune"))
+    entry = dvcgen.stage_entry(stages.get("finetune"))
     assert entry["foreach"] == ["retrieval", "qa"]
     assert entry["do"]["outs"] == ["data/checkpoints/finetune/${item}"]
     assert "--set 'finetune.tasks=[${item}]'" in entry["do"]["cmd"]

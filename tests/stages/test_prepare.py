@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.errors import StgtError
-from components.manifest import read_manifest
-from components.runner import run_stage
+from stgt_pipeline.errors import StgtError
+from stgt_pipeline.io.manifest import read_manifest
+from stgt_pipeline.runner import run_stage
 
 SMALL = ["prepare.num_videos=9", "prepare.frames_per_video=8", "prepare.width=64", "prepare.height=64"]
 
@@ -48,7 +48,7 @@ def test_synthetic_run_writes_manifest_resolved_config_and_metrics(params, tmp_p
 
 
 def test_a_source_report_joins_the_summary(params, tmp_path, monkeypatch):
-    from components import sources
+    from stgt_pipeline import sources
 
     def build(cfg, dataset_dir):
         plan = sources.SourcePlan(data_root=dataset_dir, total=1, clips=iter(()))
@@ -82,7 +82,7 @@ def test_a_failure_part_way_leaves_no_output(tmp_path):
 
 
 def test_a_crash_while_writing_videos_leaves_no_output(params, tmp_path, monkeypatch):
-    from components.sources import synthetic
+    from stgt_pipeline.sources import synthetic
 
     written = []
     real_write = synthetic.write_mp4

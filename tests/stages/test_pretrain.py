@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from components import pretrain
+from stgt_model.data import collate_twin_groups
+from stgt_pipeline import training
+from stgt_pipeline.components.pretrain import stage as pretrain
 from tests.stages.tiny_corpus import corpus, tiny_params  # noqa: F401 - the session fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -16,7 +18,7 @@ class Killed(Exception):
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return torch.load(folder / pretrain.MODEL_FILE, weights_only=True)
+    return torch.load(folder / training.MODEL_FILE, weights_only=True)
 
 
 def test_pretrain_runs_both_phases_and_writes_its_output(corpus, tmp_path):
@@ -26,10 +28,10 @@ def test_pretrain_runs_both_phases_and_writes_its_output(corpus, tmp_path):
     assert summary["stage1"]["steps"] == 3 and summary["stage2"]["steps"] == 3
     assert {"vtc", "vtm", "vtg"} <= set(summary["stage1"]) and "csal" in summary["stage2"]
     assert not any(k.startswith("backbone.") for k in weights(out))
-    curves = pd.read_csv(out / pretrain.CURVES_FILE)
+    curves = pd.read_csv(out / training.CURVES_FILE)
     assert list(curves.groupby("phase")["step"].max()) == [3, 3]
     assert (out / "config.resolved.yaml").exists()
-    assert not pretrain.work_dir(out).exists()  # checkpoints of a finished run are cleaned up
+    assert not training.work_dir(out).exists()  # checkpoints of a finished run are cleaned up
 
 
 def test_killed_pretrain_resumes_from_its_out_dir_and_ends_with_the_same_weights(corpus, tmp_path, monkeypatch):
@@ -38,7 +40,7 @@ def test_killed_pretrain_resumes_from_its_out_dir_and_ends_with_the_same_weights
     pretrain.run(params, corpus, {"checkpoint": uninterrupted})
 
     resumed = tmp_path / "b" / "pretrain"
-    real_logger = pretrain.curve_logger
+    real_logger = training.curve_logger
 
     def killing_logger(path, phase):
         log = real_logger(path, phase)
@@ -54,7 +56,7 @@ def test_killed_pretrain_resumes_from_its_out_dir_and_ends_with_the_same_weights
         pretrain.run(params, corpus, {"checkpoint": resumed})
     # Nothing half-written at the output; the checkpoints sit in the work folder beside it.
     assert not resumed.exists()
-    work = pretrain.work_dir(resumed)
+    work = training.work_dir(resumed)
     assert (work / "stage1" / "checkpoints" / "latest").read_text() == "step-0000003.pt"
     assert (work / "stage2" / "checkpoints" / "latest").read_text() == "step-0000002.pt"
 
@@ -64,7 +66,7 @@ def test_killed_pretrain_resumes_from_its_out_dir_and_ends_with_the_same_weights
     a, b = weights(uninterrupted), weights(resumed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
-    curves = pd.read_csv(resumed / pretrain.CURVES_FILE)
+    curves = pd.read_csv(resumed / training.CURVES_FILE)
     assert not curves.duplicated(["phase", "step"]).any()
 
 
@@ -76,6 +78,6 @@ def test_twin_batches_say_where_each_clip_s_twin_is():
         return torch.ones(len(texts), 2, dtype=torch.long), torch.ones(len(texts), 2, dtype=torch.long)
 
     groups = [[item("a"), item("a_rev")], [item("b")], [item("c_rev"), item("c")]]
-    batch = pretrain._collate_groups(groups, tokens)
+    batch = collate_twin_groups(groups, tokens)
     assert batch["video_id"] == ["a", "a_rev", "b", "c_rev", "c"]
     assert batch["twin_index"].tolist() == [1, 0, -1, 4, 3]

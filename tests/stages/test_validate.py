@@ -1,15 +1,14 @@
 import json
-import shutil
 
 import av
 import numpy as np
 import pandas as pd
 import pytest
 
-from components.errors import StageFailed
-from components.manifest import write_manifest
-from components.runner import run_stage
 from stgt_model.video.probe import probe, sha256_file
+from stgt_pipeline.errors import StageFailed
+from stgt_pipeline.io.manifest import write_manifest
+from stgt_pipeline.runner import run_stage
 
 
 def make_clip(path, frames=8, size=64, seed=0):

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import build_graphs, extract_frames, finetune, prepare, pretrain
-from components.config import Params, load_params
+from stgt_pipeline.components.build_graphs import stage as build_graphs
+from stgt_pipeline.components.extract_frames import stage as extract_frames
+from stgt_pipeline.components.finetune import stage as finetune
+from stgt_pipeline.components.prepare import stage as prepare
+from stgt_pipeline.components.pretrain import stage as pretrain
+from stgt_pipeline.params import Params, load_params
 
 TRAIN = {"steps": 3, "batch_size": 4, "checkpoint_every": 1, "log_every": 1}
 

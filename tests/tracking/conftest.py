@@ -132,7 +132,7 @@ class TrackedPipeline:
 def validated_pipeline(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> TrackedPipeline:
     """The real `validate` stage run once through run_stage on a tiny manifest, tracked on the server, from a git
     checkout with a params.yaml (shared by the assertions on the store and the UI test)."""
-    from components.runner import run_stage
+    from stgt_pipeline.runner import run_stage
     from tests.tracking.helpers import git_commit, make_dataset
 
     project = tmp_path_factory.mktemp("project")

@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pandas as pd
 
-from components.manifest import write_manifest
 from stgt_model.video.probe import probe, sha256_file
+from stgt_pipeline.io.manifest import write_manifest
 
 
 def _clip(path: Path, seed: int) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from components import registry, tracking
-from components.cli import main
-from components.config import load_params
+from stgt_pipeline import stages
+from stgt_pipeline.cli import main
+from stgt_pipeline.params import load_params
+from stgt_pipeline.tracking import runs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -19,7 +20,7 @@ def test_embedded_default_store_runs_listing_and_ui_command(clean_env, monkeypat
     assert f"no MLflow store at {clean_env / 'mlflow.db'}" in capsys.readouterr().err
 
     report = clean_env / "reports" / "validate"
-    with tracking.stage_run(registry.get("validate"), load_params(None), {}, {"report": report}) as tracker:
+    with runs.stage_run(stages.get("validate"), load_params(None), {}, {"report": report}) as tracker:
         report.mkdir(parents=True)
         (report / "report.html").write_text("<html>ok</html>")
         tracker.log_summary({"videos": 3, "success": True}, _summary(clean_env))

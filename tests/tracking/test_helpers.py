@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from components import tracking
+from stgt_pipeline.tracking import runs
 
 
 def test_params_are_flattened_and_credentials_never_logged():
@@ -17,7 +17,7 @@ def test_params_are_flattened_and_credentials_never_logged():
             "num_query_tokens": 32, "tokenizer": "bert-base-uncased", "basic_auth": "u:p", "apiKey": "k",
         }
     }
-    assert tracking.loggable_params(sections) == {
+    assert runs.loggable_params(sections) == {
         "prepare.seed": "0",
         "prepare.val_share": "0.1",
         "prepare.folder.root": "null",
@@ -34,9 +34,9 @@ def test_params_are_flattened_and_credentials_never_logged():
 def test_summary_numbers_become_metrics_by_dotted_key():
     summary = {"stage": "validate", "seconds": 1.5, "success": True, "videos": 3, "splits": {"train": 2, "test": 1},
                "note": "text is not a metric"}
-    assert tracking.numeric_metrics(summary) == {"seconds": 1.5, "success": 1.0, "videos": 3.0, "splits.train": 2.0,
+    assert runs.numeric_metrics(summary) == {"seconds": 1.5, "success": 1.0, "videos": 3.0, "splits.train": 2.0,
                                                  "splits.test": 1.0}
-    assert tracking.metric_name("t2v/R@1") == "t2v/R_1" and tracking.metric_name("loss step:3") == "loss step:3"
+    assert runs.metric_name("t2v/R@1") == "t2v/R_1" and runs.metric_name("loss step:3") == "loss step:3"
 
 
 def test_input_digest_prefers_dvc_lock_under_dvc_else_manifest_sha(tmp_path, monkeypatch):
@@ -52,17 +52,17 @@ def test_input_digest_prefers_dvc_lock_under_dvc_else_manifest_sha(tmp_path, mon
     manifest_sha = hashlib.sha256(b"manifest bytes").hexdigest()[:32]
 
     monkeypatch.delenv("DVC_STAGE", raising=False)
-    assert tracking.input_digests(inputs, tmp_path) == {"dataset": manifest_sha}
+    assert runs.input_digests(inputs, tmp_path) == {"dataset": manifest_sha}
     monkeypatch.setenv("DVC_STAGE", "extract_frames")
-    digests = tracking.input_digests(inputs, tmp_path)
+    digests = runs.input_digests(inputs, tmp_path)
     assert digests == {"dataset": "0123456789abcdef0123456789abcdef.dir"}
-    assert tracking.combined_digest(digests) == digests["dataset"]
+    assert runs.combined_digest(digests) == digests["dataset"]
     both = {"a": "1", "b": "2"}
-    assert tracking.combined_digest(both) == hashlib.sha256(json.dumps(both).encode()).hexdigest()[:32]
+    assert runs.combined_digest(both) == hashlib.sha256(json.dumps(both).encode()).hexdigest()[:32]
 
 
 def test_errors_and_uris_are_one_redacted_line():
     exc = ValueError("cannot reach https://bob:s3cret@host/api\nsecond line")
-    assert tracking.one_line(exc) == "ValueError: cannot reach https://***@host/api"
-    assert tracking.artifact_location("sqlite:////tmp/x/mlflow.db") == "file:///tmp/x/mlartifacts"
-    assert tracking.artifact_location("http://server:5000") is None
+    assert runs.one_line(exc) == "ValueError: cannot reach https://***@host/api"
+    assert runs.artifact_location("sqlite:////tmp/x/mlflow.db") == "file:///tmp/x/mlartifacts"
+    assert runs.artifact_location("http://server:5000") is None

@@ -8,9 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from components import registry, tracking
-from components.config import load_params, params_hash
-from components.kfp import parent_run
+from stgt_pipeline import stages
+from stgt_pipeline.kfp import conventions
+from stgt_pipeline.kfp.run import parent_run
+from stgt_pipeline.params import load_params, params_hash
+from stgt_pipeline.tracking import runs
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def store(clean_env: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def open_run(monkeypatch: pytest.MonkeyPatch, kfp_run_id: str) -> str:
-    monkeypatch.setenv(parent_run.RUN_ID_ENV, kfp_run_id)  # the pod label, on a cluster
+    monkeypatch.setenv(conventions.RUN_ID_ENV, kfp_run_id)  # the pod label, on a cluster
     return parent_run.open_pipeline_run("placeholder-id", "stgt-pipeline-abc12", {"prepare.num_videos": 6})
 
 
@@ -35,12 +37,12 @@ def test_stage_runs_nest_under_the_opened_parent_which_the_exit_task_closes(stor
     tags = parent.data.tags
     assert (tags["kfp.run_id"], tags["stgt.role"], tags["pipeline.kind"]) == ("kfp-1", "pipeline", "kfp")
     assert tags["params_hash"] == params_hash(load_params(None, ["prepare.num_videos=6"]))
-    assert parent.data.params["prepare.num_videos"] == "6" and len(parent.data.params) > tracking.PARAMS_PER_BATCH
+    assert parent.data.params["prepare.num_videos"] == "6" and len(parent.data.params) > runs.PARAMS_PER_BATCH
 
     assert parent_run.join_pipeline_run() == run_id  # a stage task, before its stage
     for stage in ("prepare", "validate"):
-        outputs = {k: Path(k) for k in registry.get(stage).outputs}
-        with tracking.stage_run(registry.get(stage), load_params(None), {}, outputs):
+        outputs = {k: Path(k) for k in stages.get(stage).outputs}
+        with runs.stage_run(stages.get(stage), load_params(None), {}, outputs):
             pass
     children = store.search_runs([parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert sorted(r.data.tags["stage"] for r in children) == ["prepare", "validate"]
@@ -55,7 +57,7 @@ def test_stage_runs_nest_under_the_opened_parent_which_the_exit_task_closes(stor
 def test_failed_or_cancelled_pipeline_closes_the_parent_accordingly(store, monkeypatch, state, status):
     run_id = open_run(monkeypatch, f"kfp-{state}")
     final = SimpleNamespace(state=state, error_message="Task train failed.\nstack trace ...")
-    assert tracking.finish_parent_run(run_id, final) == status
+    assert runs.finish_parent_run(run_id, final) == status
     closed = store.get_run(run_id)
     assert closed.info.status == status and closed.data.tags["kfp.state"] == state
     assert closed.data.tags["error"] == "Task train failed."
@@ -63,8 +65,8 @@ def test_failed_or_cancelled_pipeline_closes_the_parent_accordingly(store, monke
 
 def test_parent_is_found_by_its_kfp_run_id_only(store, monkeypatch):
     run_id = open_run(monkeypatch, "kfp-a")
-    assert tracking.find_parent_run("kfp-a") == run_id and tracking.find_parent_run("kfp-b") == ""
-    monkeypatch.setenv(parent_run.RUN_ID_ENV, "kfp-b")
+    assert runs.find_parent_run("kfp-a") == run_id and runs.find_parent_run("kfp-b") == ""
+    monkeypatch.setenv(conventions.RUN_ID_ENV, "kfp-b")
     assert parent_run.join_pipeline_run() == "" and "STGT_PARENT_RUN_ID" not in os.environ
     assert parent_run.close_pipeline_run("", "FAILED") == ""  # nothing to close
 
@@ -79,4 +81,4 @@ def test_tracking_off_or_the_kfp_plugin_makes_both_tasks_no_ops(clean_env, monke
     assert open_run(monkeypatch, "kfp-1") == ""
     assert parent_run.join_pipeline_run() == ""
     assert parent_run.close_pipeline_run("kfp-1", "SUCCEEDED") == ""
-    assert tracking.finish_parent_run("some-run", "SUCCEEDED") == ""
+    assert runs.finish_parent_run("some-run", "SUCCEEDED") == ""

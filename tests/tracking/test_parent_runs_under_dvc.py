@@ -14,11 +14,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 STAGE_SCRIPT = '''
 import sys
 from pathlib import Path
-from components import registry, tracking
-from components.config import load_params
+from stgt_pipeline import stages
+from stgt_pipeline.tracking import runs
+from stgt_pipeline.params import load_params
 
-stage = registry.get(sys.argv[1])
-with tracking.stage_run(stage, load_params(None), {}, {k: Path(v) for k, v in stage.outputs.items()}) as tracker:
+stage = stages.get(sys.argv[1])
+with runs.stage_run(stage, load_params(None), {}, {k: Path(v) for k, v in stage.outputs.items()}) as tracker:
     tracker.log_metrics({"ran": 1})
     Path(sys.argv[2]).write_text(stage.name)
 '''

@@ -14,10 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import evaluate, finetune, pretrain, register
-from components.errors import StgtError
-from components.runner import run_stage
 from stgt_model.data import ClipStore
+from stgt_pipeline import training
+from stgt_pipeline.components.evaluate import stage as evaluate
+from stgt_pipeline.components.finetune import stage as finetune
+from stgt_pipeline.components.pretrain import stage as pretrain
+from stgt_pipeline.components.register import stage as register
+from stgt_pipeline.errors import StgtError
+from stgt_pipeline.runner import run_stage
 from tests.stages.tiny_corpus import build_corpus, tiny_params
 
 TINY_EMBED_DIM, TINY_QUERIES = 32, 4  # model preset `tiny`
@@ -90,7 +94,7 @@ def test_register_promotes_then_keeps_champion_and_serves(tracked: str, client, 
     assert np.asarray(videos["embedding"][0]).shape == (TINY_QUERIES, TINY_EMBED_DIM)
     assert np.allclose(videos["embedding"][0], videos["embedding"][1], atol=1e-3)  # fp16 store: array or lists
     qa = mlflow.pyfunc.load_model(f"models:/{prefix}-qa@champion")
-    vocab = json.loads((trained["qa"] / finetune.VOCAB_FILE).read_text())
+    vocab = json.loads((trained["qa"] / training.VOCAB_FILE).read_text())
     answers = qa.predict(pd.DataFrame({"video_features": [clip], "question": ["what colour is the circle?"]}))
     assert answers["answer"][0] in vocab
 

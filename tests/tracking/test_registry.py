@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from components import registry_ops
-from components.cli import main
-from components.errors import StgtError
+from stgt_pipeline.cli import main
+from stgt_pipeline.errors import StgtError
+from stgt_pipeline.tracking import model_registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -57,13 +57,13 @@ def test_gate_promotes_first_and_better_models_keeps_champion_over_worse_and_rol
     weak_scores = score(mlflow.pytorch.load_model(weak_uri))
     strong_scores = score(mlflow.pytorch.load_model(strong_uri))
 
-    first = registry_ops.register_and_gate(weak_uri, metrics=weak_scores, **gate)
+    first = model_registry.register_and_gate(weak_uri, metrics=weak_scores, **gate)
     assert first.promoted and first.version == "1" and first.compared_with is None
     v1 = client.get_model_version(name, "1")
     assert v1.tags["decision"] == "promoted" and v1.tags["previous_champion"] == ""
     assert v1.tags["source_run_id"] == train_run
 
-    better = registry_ops.register_and_gate(strong_uri, metrics=strong_scores, **gate)
+    better = model_registry.register_and_gate(strong_uri, metrics=strong_scores, **gate)
     assert better.promoted and better.compared_with == "1"
     assert better.deltas["neg_mse"] == pytest.approx(strong_scores["neg_mse"] - weak_scores["neg_mse"])
     v2 = client.get_model_version(name, "2")
@@ -71,7 +71,7 @@ def test_gate_promotes_first_and_better_models_keeps_champion_over_worse_and_rol
     assert float(v2.tags["champion.neg_mse"]) == pytest.approx(weak_scores["neg_mse"])
     assert float(v2.tags["delta.neg_mse"]) > 0.001
 
-    worse = registry_ops.register_and_gate(weak_uri, metrics=weak_scores, **gate)
+    worse = model_registry.register_and_gate(weak_uri, metrics=weak_scores, **gate)
     assert not worse.promoted and worse.version == "3"
     aliases = client.get_registered_model(name).aliases
     assert aliases["champion"] == "2" and aliases["challenger"] == "3"
@@ -85,7 +85,7 @@ def test_gate_promotes_first_and_better_models_keeps_champion_over_worse_and_rol
     assert "latency regression" in client.get_model_version(name, "2").tags["rolled_back"]
     assert client.get_model_version(name, "1").tags["restored_from"] == "2"
     with pytest.raises(StgtError, match="v1 records no previous champion"):
-        registry_ops.rollback(name, "again")
+        model_registry.rollback(name, "again")
 
     assert main(["registry", "promote", "v3", "--name", name, "--reason", "wins on the new benchmark"]) == 0
     assert "champion is now v3 (was v1)" in capsys.readouterr().out

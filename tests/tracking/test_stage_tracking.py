@@ -10,11 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components import registry, tracking
-from components.config import load_params, params_hash
-from components.errors import StageFailed, StgtError
-from components.manifest import write_manifest
-from components.runner import run_stage
+from stgt_pipeline import stages
+from stgt_pipeline.errors import StageFailed, StgtError
+from stgt_pipeline.io.manifest import write_manifest
+from stgt_pipeline.params import load_params, params_hash
+from stgt_pipeline.runner import run_stage
+from stgt_pipeline.tracking import runs as tracking
 from tests.tracking.helpers import make_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -114,8 +115,8 @@ def test_unreachable_server_fails_fast_naming_the_uri(clean_env, monkeypatch, ki
 def test_stage_logs_step_metrics_and_system_metrics_when_it_trains(tracked, client, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
-    training = registry.Stage(name="train_probe", help="", params=("validate",),
-                              resources=registry.Resources(gpus=1))
+    training = stages.Stage(name="train_probe", help="", params=("validate",),
+                              resources=stages.Resources(gpus=1))
     with tracking.stage_run(training, load_params(None), {}, {}) as tracker:
         for step in range(3):
             tracking.current().log_metrics({"loss": 1.0 / (step + 1)}, step=step)
@@ -131,7 +132,7 @@ def test_explicit_parent_is_joined_and_left_open(tracked, client, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
     owner = client.create_run(experiment_id, run_name="kfp pipeline run")
     monkeypatch.setenv("STGT_PARENT_RUN_ID", owner.info.run_id)
-    with tracking.stage_run(registry.get("validate"), load_params(None), {}, {"report": Path("r")}) as tracker:
+    with tracking.stage_run(stages.get("validate"), load_params(None), {}, {"report": Path("r")}) as tracker:
         pass
     run = client.get_run(tracker.run_id)
     assert run.data.tags["mlflow.parentRunId"] == owner.info.run_id and run.info.status == "FINISHED"
@@ -145,7 +146,7 @@ def test_kfp_plugin_run_is_logged_into_not_nested_again(tracked, client, monkeyp
     task = client.create_run(experiment_id, run_name="validate-task", tags={"mlflow.parentRunId": parent.info.run_id})
     monkeypatch.setenv("MLFLOW_RUN_ID", task.info.run_id)
     monkeypatch.setenv("KFP_RUN_ID", "kfp-run-123")
-    with tracking.stage_run(registry.get("validate"), load_params(None), {}, {"report": Path("r")}) as tracker:
+    with tracking.stage_run(stages.get("validate"), load_params(None), {}, {"report": Path("r")}) as tracker:
         tracker.log_metrics({"answer": 42})
     assert tracker.run_id == task.info.run_id
     assert len(client.search_runs([experiment_id])) == 2
@@ -161,7 +162,7 @@ def test_off_switch_and_non_zero_ranks_do_not_track(clean_env, monkeypatch, env)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # contacting it would fail
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with tracking.stage_run(registry.get("validate"), load_params(None), {}, {}) as tracker:
+    with tracking.stage_run(stages.get("validate"), load_params(None), {}, {}) as tracker:
         tracker.log_metrics({"x": 1.0}, step=1)
         tracker.log_summary({"x": 1}, "missing.json")
     assert tracker.run_id is None

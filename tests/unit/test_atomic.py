@@ -1,6 +1,6 @@
 import pytest
 
-from components.atomic import atomic_dir, atomic_file
+from stgt_pipeline.io.atomic import atomic_dir, atomic_file
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

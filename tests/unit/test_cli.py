@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from components import registry
-from components.cli import build_parser, main
+from stgt_pipeline import stages
+from stgt_pipeline.cli import build_parser, main
 
 
 def _option_actions(parser):
@@ -14,7 +14,7 @@ def _option_actions(parser):
 def test_every_stage_option_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(s.name for s in registry.STAGES) <= set(sub.choices)
+    assert set(s.name for s in stages.STAGES) <= set(sub.choices)
     for name, sp in sub.choices.items():
         assert sp.description, name
         for action in _option_actions(sp):
@@ -34,7 +34,7 @@ def test_help_exits_zero_and_describes(argv, capsys):
 
 def test_user_error_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "components.cli", "prepare", "--params", str(tmp_path / "p.yaml"),
+        [sys.executable, "-m", "stgt_pipeline.cli", "prepare", "--params", str(tmp_path / "p.yaml"),
          "--set", "prepare.num_videos=lots"],
         capture_output=True, text=True, cwd=tmp_path,
     )
@@ -59,8 +59,8 @@ def test_import_checkpoint_is_dispatched_with_one_line_error(tmp_path, capsys):
 
 
 def test_configuration_errors_from_the_library_become_one_line(tmp_path, monkeypatch, capsys):
-    from components import prepare
     from stgt_model.engine import TooFewSamples
+    from stgt_pipeline.components.prepare import stage as prepare
 
     def too_small(params, inputs, outputs):
         raise TooFewSamples("6 training samples make no full step of batch 16")

@@ -1,7 +1,7 @@
 import pytest
 
-from components.config import load_params, parse_override
-from components.errors import ConfigError
+from stgt_pipeline.errors import ConfigError
+from stgt_pipeline.params import load_params, parse_override
 
 
 def write(tmp_path, text):

@@ -6,9 +6,9 @@ import tempfile
 
 import pytest
 
-from components.remote_media import RemoteError, download, local_copy, read_clips_fetched
-from components.sources.folder import file_facts
 from stgt_model.video.decode import ClipFailure, ClipRequest, DecodedClip
+from stgt_pipeline.io.remote import RemoteError, download, local_copy, read_clips_fetched
+from stgt_pipeline.sources.folder import file_facts
 
 CLIP = "videos/msrvtt_test/video7010.mp4"
 

@@ -1,0 +1,1 @@
+"""The `evaluate` stage: `stage.run(params, inputs, outputs)` and its Kubeflow component."""

@@ -1,0 +1,112 @@
+"""Stage `evaluate`: retrieval both ways, the temporal-order probe and video QA on the test split.
+
+Retrieval follows the reference protocol (stgt-reference §4.2): coarse ITC scores (max over queries, no
+temperature), the top evaluate.k_test candidates of every query re-scored by the matching head, final score =
+p_match + similarity, every other cell -100. Ranks use evaluate.compat (tie-aware by default, or clip4clip /
+albef exactly as those code bases). Inference-time dual softmax (evaluate.dual_softmax) is reported beside the
+plain numbers, never instead of them. The maths is stgt_model.metrics; this stage only encodes and writes.
+
+Temporal-order probe: each test clip against its time-reversed twin (split `probe`, linked by twin_id). A pair
+passes when both captions score higher, with the same final score, on their own clip. The same figures on the
+coarse similarity alone are reported under `coarse_only` (a diagnostic, not the headline).
+
+QA: accuracy over all test questions, per question type, with out-of-vocabulary answers counted wrong, next to
+always answering the most frequent training answer.
+
+Output folder (written whole):
+  metrics.json                       every number (DVC metrics)
+  ranks_t2v.parquet, ranks_v2t.parquet   per-query rank (0-based) under evaluate.compat
+  probe.parquet, qa_predictions.parquet
+  plots/recall_at_k.csv + .png, plots/curves.csv + training_curves.png (DVC plots)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from stgt_pipeline.components.evaluate.plots import plot_curves, plot_recall_at_k
+from stgt_pipeline.io.atomic import atomic_dir
+from stgt_pipeline.params import EvaluateConfig, Params, write_resolved
+from stgt_pipeline.scoring import evaluate_probe, evaluate_qa, evaluate_retrieval
+from stgt_pipeline.training import (
+    SKIPPED_FILE,
+    open_corpus,
+    read_curves,
+    set_threads,
+    text_processor,
+    trained_model,
+    trained_qa_model,
+)
+
+SECTIONS = ["model", "finetune", "evaluate"]
+
+
+def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
+    cfg: EvaluateConfig = params.evaluate
+    manifest, store = open_corpus(inputs["dataset"], inputs["features"])
+    out_dir = Path(outputs["report"])
+    set_threads(cfg.threads)
+    torch.set_grad_enabled(False)
+    try:
+        metrics: dict[str, Any] = {}
+        tables: dict[str, pd.DataFrame] = {}
+        retrieval_dir, qa_dir = Path(inputs["retrieval"]), Path(inputs["qa"])
+        if skipped(retrieval_dir, metrics, "retrieval", "temporal_order"):
+            recall_curve = pd.DataFrame(columns=["k", "direction", "recall"])
+        else:
+            model = trained_model(params.model, retrieval_dir).eval()
+            processor = text_processor(params.model, cfg.max_text_len)
+            metrics["retrieval"], ranks, recall_curve = evaluate_retrieval(model, processor, store, manifest, cfg)
+            tables |= {f"ranks_{direction}": frame for direction, frame in ranks.items()}
+            metrics["temporal_order"], tables["probe"] = evaluate_probe(model, processor, store, manifest)
+        if not skipped(qa_dir, metrics, "qa"):
+            qa_model, vocab = trained_qa_model(params.model, qa_dir)
+            qa_processor = text_processor(params.model, params.finetune.qa.max_text_len)
+            metrics["qa"], tables["qa_predictions"] = evaluate_qa(qa_model.eval(), vocab, qa_processor, store,
+                                                                  manifest, cfg.batch_size)
+    finally:
+        torch.set_grad_enabled(True)
+
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for name, frame in tables.items():
+            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        plots = tmp / "plots"
+        plots.mkdir()
+        recall_curve.to_csv(plots / "recall_at_k.csv", index=False)
+        plot_recall_at_k(recall_curve, plots / "recall_at_k.png")
+        curves = read_curves({"pretrain": inputs["pretrained"], "retrieval": inputs["retrieval"],
+                                  "qa": inputs["qa"]})
+        curves.to_csv(plots / "curves.csv", index=False)
+        plot_curves(curves, plots / "training_curves.png")
+        write_resolved(params, SECTIONS, tmp / "config.resolved.yaml")
+    return headline(metrics)
+
+
+def skipped(folder: Path, metrics: dict[str, Any], *keys: str) -> bool:
+    """A task finetune skipped (the corpus has nothing for it): its metrics say why."""
+    marker = folder / SKIPPED_FILE
+    if not marker.exists():
+        return False
+    for key in keys:
+        metrics[key] = json.loads(marker.read_text(encoding="utf-8"))
+    return True
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The stage summary: the numbers a run is judged by."""
+    out: dict[str, Any] = {}
+    retrieval, probe, qa = metrics["retrieval"], metrics["temporal_order"], metrics["qa"]
+    if "t2v" in retrieval:
+        out |= {"t2v_R@1": retrieval["t2v"]["R@1"], "t2v_R@5": retrieval["t2v"]["R@5"],
+                "t2v_R@10": retrieval["t2v"]["R@10"], "v2t_R@1": retrieval["v2t"]["R@1"],
+                "chance_R@1": retrieval["chance_R@1"]}
+    if "pair_accuracy" in probe:
+        out["pair_accuracy"] = probe["pair_accuracy"]
+    if "accuracy" in qa:
+        out |= {"qa_accuracy": qa["accuracy"], "qa_majority_accuracy": qa["majority_accuracy"]}
+    return out

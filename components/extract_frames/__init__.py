@@ -1,0 +1,1 @@
+"""The `extract_frames` stage: `stage.run(params, inputs, outputs)` and its Kubeflow component."""

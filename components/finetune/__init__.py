@@ -1,0 +1,1 @@
+"""The `finetune` stage: `stage.run(params, inputs, outputs)` and its Kubeflow component."""

@@ -1,0 +1,1 @@
+"""The `prepare` stage: `stage.run(params, inputs, outputs)` and its Kubeflow component."""

@@ -1,0 +1,1 @@
+"""The `register` stage: `stage.run(params, inputs, outputs)` and its Kubeflow component."""

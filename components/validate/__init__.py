@@ -1,0 +1,1 @@
+"""The `validate` stage: `stage.run(params, inputs, outputs)` and its Kubeflow component."""

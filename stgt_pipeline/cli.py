@@ -1,0 +1,144 @@
+"""The `stgt` command line: one sub-command per pipeline stage plus project tools.
+
+User mistakes (bad params, missing inputs, malformed files) print one readable line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from stgt_pipeline import stages
+from stgt_pipeline.errors import StgtError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def _add_stage_parser(sub: argparse._SubParsersAction, stage: stages.Stage) -> None:
+    p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="params file (default: %(default)s)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param by its dotted key, e.g. --set prepare.num_videos=40 (repeatable)",
+    )
+    for key, default in stage.inputs.items():
+        p.add_argument(f"--{key.replace('_', '-')}", dest=f"in_{key}", default=default, metavar="PATH",
+                       help=f"input '{key}' (default: %(default)s)")
+    for key, default in stage.outputs.items():
+        p.add_argument(f"--{key.replace('_', '-')}", dest=f"out_{key}", default=default, metavar="PATH",
+                       help=f"output '{key}' (default: %(default)s)")
+    p.add_argument("--metrics", default=stage.metrics, metavar="FILE", help="JSON summary of the run (default: %(default)s)")
+    p.set_defaults(func=_run_stage_command, stage=stage)
+
+
+def _run_stage_command(args: argparse.Namespace) -> int:
+    from stgt_pipeline.runner import run_stage
+
+    stage: stages.Stage = args.stage
+    summary = run_stage(
+        stage.name,
+        params_path=args.params,
+        overrides=args.overrides,
+        inputs={k: getattr(args, f"in_{k}") for k in stage.inputs},
+        outputs={k: getattr(args, f"out_{k}") for k in stage.outputs},
+        metrics_path=args.metrics,
+    )
+    outs = ", ".join(str(getattr(args, f"out_{k}")) for k in stage.outputs)
+    print(f"{stage.name}: done in {summary['seconds']:.1f}s -> {outs} (summary: {args.metrics})")
+    return 0
+
+
+def _dvc_yaml_command(args: argparse.Namespace) -> int:
+    from stgt_pipeline import dvc_yaml
+
+    path = Path(args.output)
+    if args.check:
+        if not dvc_yaml.is_current(path):
+            raise StgtError(f"{path} is out of date with the stage table (stgt_pipeline/stages.py): "
+                            "run `stgt dvc-yaml`")
+        print(f"{path} is current")
+        return 0
+    dvc_yaml.write(path)
+    print(f"wrote {path}")
+    return 0
+
+
+def _outputs_command(args: argparse.Namespace) -> int:
+    import json
+
+    for stage in stages.STAGES:
+        metrics = Path(stage.metrics)
+        summary = json.loads(metrics.read_text()) if metrics.exists() else None
+        state = f"done in {summary.get('seconds', '?')}s" if summary else "not run"
+        print(f"{stage.name:<16} {state}")
+        for key, path in stage.outputs.items():
+            print(f"  {key:<14} {path}{'' if Path(path).exists() else '  (missing)'}")
+        if summary:
+            print(f"  {'summary':<14} {metrics}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stgt",
+        description="stgt-pipeline: train, evaluate and ship STGT video-language models. "
+        "Each stage reads params.yaml; `dvc repro` runs them in order.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for stage in stages.STAGES:
+        _add_stage_parser(sub, stage)
+
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (or --check that it is current)",
+                       description="Render dvc.yaml from the stage table (stgt_pipeline/stages.py).")
+    p.add_argument("--check", action="store_true", help="exit non-zero when the file differs from the stage table")
+    p.add_argument("--output", default="dvc.yaml", metavar="FILE", help="file to write or check (default: %(default)s)")
+    p.set_defaults(func=_dvc_yaml_command)
+
+    # Listed here for `stgt --help`; main() hands the arguments to stgt_model.checkpoint_import, which owns them.
+    about = ("convert an official STGT/LAVIS checkpoint to safetensors (no code from the file is run); "
+             "see `stgt import-checkpoint --help`")
+    sub.add_parser("import-checkpoint", help=about, description=about, add_help=False)
+
+    p = sub.add_parser("outputs", help="list every stage's outputs and whether it has run",
+                       description="Where each stage writes, and the summary of its last run.")
+    p.set_defaults(func=_outputs_command)
+
+    from stgt_pipeline.pipelines.cli import add_pipeline_commands  # kfp loads only when a command runs
+    add_pipeline_commands(sub)
+    from stgt_pipeline.tracking.cli import add_tracking_commands  # mlflow loads only when a command runs
+    add_tracking_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import-checkpoint"]:
+        from stgt_model import checkpoint_import
+
+        return checkpoint_import.main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except StgtError as exc:
+        lines = str(exc).splitlines() or ["error"]
+        print(f"error: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            print(f"       {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Great Expectations 1.x, the way every stage uses it: suites stored as JSON beside the code that runs them (a
+stage's suite.json in its folder), an ephemeral context (no gx/ folder, analytics off), a readable summary and an
+HTML report per validation.
+
+Suite files hold GX's own expectation JSON; a kwarg written as {"$PARAMETER": "name"} is filled from the
+`parameters` given at validation time (so thresholds come from params.yaml, not from the suite file).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class SuiteResult:
+    suite: str
+    success: bool
+    summary: list[str]
+    statistics: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "success": self.success, "summary": self.summary,
+                "statistics": self.statistics, "results": self.results}
+
+
+def load_suite(path: Path, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    suite = json.loads(path.read_text(encoding="utf-8"))
+    return _fill(suite, parameters or {}, path)
+
+
+def _fill(node: Any, parameters: dict[str, Any], path: Path) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"$PARAMETER"}:
+            key = node["$PARAMETER"]
+            if key not in parameters:
+                raise KeyError(f"{path}: suite parameter {key!r} was not given")
+            return parameters[key]
+        return {k: _fill(v, parameters, path) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, parameters, path) for v in node]
+    return node
+
+
+def validate_dataframe(
+    df: pd.DataFrame,
+    suite: Path,
+    expectations_kwargs: dict[str, Any] | None = None,
+    html_path: str | Path | None = None,
+    id_column: str = "video_id",
+    title: str | None = None,
+) -> SuiteResult:
+    """Validate `df` against the suite file `suite` and explain every failure in one line."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    spec = load_suite(Path(suite), expectations_kwargs)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_def = (ctx.data_sources.add_pandas("pandas").add_dataframe_asset(name=spec["name"])
+                 .add_batch_definition_whole_dataframe("whole"))
+    gx_suite = ctx.suites.add(gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta", {})))
+    frame = df.reset_index(drop=True)
+    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(gx_suite, result_format="COMPLETE")
+
+    rows, summary = [], []
+    for r in result.results:
+        cfg = r.expectation_config
+        kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
+        res = r.result or {}
+        idx = res.get("unexpected_index_list") or []
+        examples = [str(frame.loc[i, id_column]) for i in idx[:5] if id_column in frame.columns and i in frame.index]
+        row = {
+            "expectation": cfg.type,
+            "kwargs": kwargs,
+            "success": bool(r.success),
+            "observed_value": _jsonable(res.get("observed_value")),
+            "unexpected_count": res.get("unexpected_count"),
+            "element_count": res.get("element_count"),
+            "unexpected_examples": examples or [str(v) for v in (res.get("partial_unexpected_list") or [])[:5]],
+        }
+        if r.exception_info and r.exception_info.get("raised_exception"):
+            row["success"] = False
+            row["error"] = r.exception_info.get("exception_message")
+        rows.append(row)
+        if not row["success"]:
+            summary.append(_explain(row))
+    stats = dict(result.statistics)
+    stats["rows"] = len(frame)
+    success = bool(result.success) and all(r["success"] for r in rows)
+    out = SuiteResult(suite=spec["name"], success=success, summary=summary, statistics=_jsonable(stats), results=rows)
+    if html_path is not None:
+        Path(html_path).write_text(render_html(out, title or f"Data quality: {out.suite}"), encoding="utf-8")
+    return out
+
+
+def gate(stage: str, df: pd.DataFrame, suite: Path, expectations_kwargs: dict[str, Any], tmp: Path, failed: Path,
+         title: str, evidence: tuple[str, ...] = ()) -> SuiteResult:
+    """A stage's quality gate on its own output: `<suite>_suite.html/.json` go into the temporary output `tmp`;
+    on failure they (and the `evidence` files of tmp) are kept in `failed` and StageFailed names the report and
+    each failed expectation, so the previous good output stays in place."""
+    from stgt_pipeline.errors import StageFailed
+    from stgt_pipeline.io.atomic import keep_evidence, write_json  # stage plumbing, not needed to validate a frame
+
+    name = json.loads(Path(suite).read_text(encoding="utf-8"))["name"]
+    report = f"{name}_suite.html"
+    result = validate_dataframe(df, suite=suite, expectations_kwargs=expectations_kwargs, html_path=tmp / report,
+                                title=title)
+    write_json(tmp / f"{name}_suite.json", result.as_dict())
+    if not result.success:
+        keep_evidence(tmp, failed, [report, f"{name}_suite.json", *evidence])
+        lines = "\n".join(f"- {s}" for s in result.summary)
+        raise StageFailed(f"{stage}: {name} suite failed; report: {failed / report}\n{lines}")
+    return result
+
+
+def _explain(row: dict[str, Any]) -> str:
+    column = row["kwargs"].get("column") or row["kwargs"].get("column_list") or ""
+    what = f"{row['expectation']}({column})" if column else row["expectation"]
+    if row.get("error"):
+        return f"{what}: could not be evaluated: {row['error']}"
+    if row.get("unexpected_count"):
+        ex = ", ".join(row["unexpected_examples"])
+        return f"{what}: {row['unexpected_count']} of {row['element_count']} rows fail, e.g. {ex}"
+    return f"{what}: observed {row['observed_value']!r}"
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def render_html(result: SuiteResult, title: str) -> str:
+    status = "PASSED" if result.success else "FAILED"
+    colour = "#1a7f37" if result.success else "#cf222e"
+    body = []
+    for r in result.results:
+        mark = "&#10003;" if r["success"] else "&#10007;"
+        detail = html.escape(json.dumps(r["kwargs"], default=str))
+        observed = r.get("error") or (
+            f"{r['unexpected_count']} unexpected: {', '.join(r['unexpected_examples'])}" if r.get("unexpected_count")
+            else json.dumps(r["observed_value"], default=str))
+        body.append(
+            f"<tr class={'ok' if r['success'] else 'bad'}><td>{mark}</td><td>{html.escape(r['expectation'])}</td>"
+            f"<td><code>{detail}</code></td><td>{html.escape(str(observed))}</td></tr>")
+    stats = ", ".join(f"{k}: {v}" for k, v in result.statistics.items())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}} tr.bad{{background:#ffebe9}}
+.status{{color:{colour};font-weight:bold}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p class="status">{status}</p><p>{html.escape(stats)}</p>
+<table><tr><th></th><th>expectation</th><th>arguments</th><th>observed</th></tr>
+{''.join(body)}
+</table><p>Great Expectations suite <code>{html.escape(result.suite)}</code>.</p>
+</body></html>
+"""

@@ -1,0 +1,546 @@
+"""MLflow tracking for every stage: one parent run per pipeline run, one nested run per stage.
+
+Where runs go: `MLFLOW_TRACKING_URI`, else the embedded default `sqlite:///<project>/mlflow.db` with artifacts in
+`<project>/mlartifacts/` (the project is `$DVC_ROOT` under dvc, so queued `dvc exp run`s working in temporary
+copies still land in the user's store; else the current directory).
+
+Which run a stage logs to (the first rule that applies):
+1. `MLFLOW_RUN_ID` is set: KFP 2.17's MLflow plugin created this task's run, already nested under the pipeline
+   run's parent, and closes it itself: the stage logs into that run instead of adding a third level.
+2. `STGT_PARENT_RUN_ID` or `MLFLOW_PARENT_RUN_ID` is set (a wrapper or a first KFP task owns the parent: see
+   open_parent_run / finish_parent_run below, used by stgt_pipeline.kfp.run.parent_run), or a run is active in this
+   process (a notebook's): a nested run under it; the owner closes the parent.
+3. Under `dvc repro` / `dvc exp run` (dvc sets `DVC_STAGE` for stage commands): the stages of one dvc invocation
+   share a parent. `.stgt/parent_run` records it with the invocation's key (pid and start time of the dvc
+   process, the nearest ancestor without `DVC_STAGE`); a stage with another key (a new repro) starts a new
+   parent. Each stage closes the parent after it (FAILED when the stage failed) and the next one reopens it, so
+   no parent is left RUNNING however dvc stops. Stages dvc skips as up to date get no run; a repro with nothing
+   to run makes no parent.
+4. Otherwise (one `stgt <stage>` command): a parent of its own, closed with the stage.
+
+Tracking is off with `STGT_TRACKING=off`, and in ranks other than 0 (`RANK`, `LOCAL_RANK`; mlflow/mlflow#11782).
+mlflow is imported only when a run starts: it costs seconds.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from stgt_pipeline.errors import StgtError
+from stgt_pipeline.io.atomic import write_json
+from stgt_pipeline.params import Params, params_hash
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from stgt_pipeline.stages import Stage
+
+DEFAULT_EXPERIMENT = "stgt"
+PROBE_TIMEOUT_S = 5.0
+PARENT_RECORD = Path(".stgt") / "parent_run"
+MANIFEST_NAME = "manifest.parquet"  # stgt_pipeline.io.manifest.MANIFEST_NAME, without importing pandas and pyarrow
+# MLflow's dataset digest column holds 36 characters: a DVC directory md5 ("<32 hex>.dir") fits exactly.
+DIGEST_CHARS = 32
+
+# "token"/"key"/"auth" as words only: num_query_tokens, tokenizer and keyframes are ordinary params.
+_SECRET_KEY = re.compile(r"password|passwd|secret|credential|(?:token|key|auth)(?![a-z])", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"^(?:AKIA|ASIA)[A-Z0-9]{16}$|^(?:ghp|gho|github_pat|xox[abp]|sk)[-_]|^Bearer\s", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_INVALID_METRIC_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# settings
+
+
+def enabled() -> bool:
+    if os.environ.get("STGT_TRACKING", "on").strip().lower() in ("off", "0", "false", "no"):
+        return False
+    return all(os.environ.get(var, "0") in ("", "0") for var in ("RANK", "LOCAL_RANK"))
+
+
+def project_dir() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of an in-process SQLite store go beside the database (MLflow would write ./mlruns instead)."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a server decides (--default-artifact-root / --artifacts-destination)
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
+def redact(text: str) -> str:
+    """Drop the user:password part of URLs (tracking URIs and params may carry it)."""
+    return _URL_USERINFO.sub("***@", text)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail in seconds, naming the server, rather than in MLflow's retry loop (minutes with its default retries)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    where = f"MLflow tracking server at {redact(uri)}"
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S)
+    except requests.Timeout:
+        raise StgtError(f"{where} is unreachable: no answer within {PROBE_TIMEOUT_S:g}s") from None
+    except requests.RequestException as exc:
+        reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+        raise StgtError(f"{where} is unreachable: {reason.group(1) if reason else type(exc).__name__}") from None
+    if response.status_code == 403:
+        # MLflow >= 3.5 only answers Host headers it allows; a pod reaching it by service name needs the flag.
+        raise StgtError(f"{where} refused this client (HTTP 403): start it with --allowed-hosts naming that host")
+    if response.status_code >= 500:
+        raise StgtError(f"{where} is unreachable: /health answered HTTP {response.status_code}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# what a run records
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; empty mappings stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def loggable_params(sections: Mapping[str, Any]) -> dict[str, str]:
+    """Dotted params as text, without anything that looks like a credential (by key or by value)."""
+    params = {}
+    for key, value in flatten(sections).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        if not (_SECRET_KEY.search(key) or _SECRET_VALUE.search(text)):
+            params[key] = redact(text)
+    return params
+
+
+def numeric_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a stage summary (booleans as 0/1), by dotted key."""
+    return {k: float(v) for k, v in flatten(summary).items() if isinstance(v, (int, float))}
+
+
+def metric_name(key: str) -> str:
+    """MLflow rejects metric names outside [/\w.\- :]: "R@1" is logged as "R_1"."""
+    return _INVALID_METRIC_CHARS.sub("_", key)
+
+
+def git_state(cwd: Path) -> tuple[str, str]:
+    """(commit sha, "true"/"false" dirty flag); ("unknown", "unknown") outside a git checkout (a container)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=20).stdout
+
+    try:
+        # Untracked files are skipped: data folders are git-ignored, and scanning them costs time.
+        sha = git("rev-parse", "HEAD").strip()
+        return sha, "true" if git("status", "--porcelain", "--untracked-files=no").strip() else "false"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dvc_lock_outs(project: Path) -> dict[str, str]:
+    import yaml
+
+    lock_path = project / "dvc.lock"
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) if lock_path.is_file() else None
+    stages = (lock or {}).get("stages", {})
+    return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", []) if "md5" in out}
+
+
+def input_digests(inputs: Mapping[str, Path], project: Path) -> dict[str, str]:
+    """Per input: the md5 dvc.lock records for it, else the sha256 of the manifest it holds.
+
+    dvc.lock is read only under dvc: dvc rewrites it after each stage, so the producer's `outs` entry is the
+    content this stage reads; outside dvc the lock may describe an older version of the data.
+    """
+    lock = _dvc_lock_outs(project) if os.environ.get("DVC_STAGE") else {}
+    digests = {}
+    for key, path in inputs.items():
+        relative = os.path.relpath(Path(path).resolve(), project)
+        if relative in lock:
+            digests[key] = lock[relative]
+        elif (Path(path) / MANIFEST_NAME).is_file():
+            digests[key] = sha256_file(Path(path) / MANIFEST_NAME)[:DIGEST_CHARS]
+    return digests
+
+
+def combined_digest(digests: Mapping[str, str]) -> str:
+    """One digest for all inputs: the input's own when there is one."""
+    if len(digests) == 1:
+        return next(iter(digests.values()))
+    return hashlib.sha256(json.dumps(dict(sorted(digests.items()))).encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "))[:500]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the stage-facing API
+
+
+class Tracker:
+    """What a stage logs through. This base does nothing (tracking off, or a rank other than 0)."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_summary(self, summary: Mapping[str, Any], summary_file: str | Path) -> None:
+        """The stage's summary numbers as metrics and its JSON file as an artifact."""
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(metric_name(k), float(v), now, step or 0)
+                                                      for k, v in metrics.items()])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in loggable_params(params).items()])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items() if v is not None])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_summary(self, summary: Mapping[str, Any], summary_file: str | Path) -> None:
+        self.log_metrics(numeric_metrics(summary))
+        self.log_artifact(summary_file)
+
+
+_CURRENT: contextvars.ContextVar[Tracker] = contextvars.ContextVar("stgt_tracker", default=Tracker())
+
+
+def current() -> Tracker:
+    """The running stage's tracker, for code deep inside a stage (a training loop logging per-step metrics)."""
+    return _CURRENT.get()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# runs
+
+
+@dataclass
+class Parent:
+    run_id: str
+    owned: bool  # created or reopened by this process, so closed by it after the stage
+
+
+def dvc_invocation() -> str:
+    """Key of the dvc process running this stage: the nearest ancestor without DVC_STAGE, which dvc sets for
+    stage commands only (there may be a shell in between)."""
+    import psutil
+
+    for proc in psutil.Process().parents():
+        try:
+            if "DVC_STAGE" in proc.environ():
+                continue
+        except psutil.Error:
+            pass  # unreadable environment: take this ancestor
+        return f"{proc.pid}:{proc.create_time():.3f}"
+    return f"{os.getpid()}:orphan"  # no ancestor at all: a parent of its own
+
+
+def experiment_id(client: MlflowClient, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    name = experiment_name()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(uri))
+        except MlflowException:  # created meanwhile by a parallel task
+            experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        raise StgtError(f"MLflow experiment {name!r} is deleted: restore it in the UI or set MLFLOW_EXPERIMENT_NAME")
+    return experiment.experiment_id
+
+
+def _read_parent_record() -> dict[str, str]:
+    try:
+        return json.loads(PARENT_RECORD.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _dvc_parent(client: MlflowClient, exp_id: str, uri: str, name: str, tags: dict[str, str]) -> Parent:
+    from mlflow.exceptions import MlflowException
+
+    key = {"invocation": dvc_invocation(), "experiment_id": exp_id,
+           "store": hashlib.sha256(uri.encode()).hexdigest()[:16]}  # the URI itself may hold a password
+    record = _read_parent_record()
+    if record and all(record.get(k) == v for k, v in key.items()):
+        try:
+            if client.get_run(record["run_id"]).info.lifecycle_stage == "active":
+                client.update_run(record["run_id"], status="RUNNING")
+                return Parent(record["run_id"], owned=True)
+        except MlflowException:
+            pass  # deleted meanwhile: start a new parent
+    run = client.create_run(exp_id, run_name=name,
+                            tags={**tags, "pipeline.kind": "dvc", "dvc.invocation": key["invocation"]})
+    write_json(PARENT_RECORD, {**key, "run_id": run.info.run_id})
+    return Parent(run.info.run_id, owned=True)
+
+
+def resolve_parent(client: MlflowClient, exp_id: str, uri: str, stage_name: str, tags: dict[str, str]) -> Parent:
+    """Rules 2-4 of the module docstring."""
+    import mlflow
+
+    explicit = os.environ.get("STGT_PARENT_RUN_ID") or os.environ.get("MLFLOW_PARENT_RUN_ID")
+    active = mlflow.active_run()
+    if explicit or active:
+        return Parent(explicit or active.info.run_id, owned=False)
+    at = f" @ {tags['git.sha'][:8]}" if tags["git.sha"] != "unknown" else ""
+    if os.environ.get("DVC_STAGE"):
+        return _dvc_parent(client, exp_id, uri, f"dvc repro{at}", tags)
+    run = client.create_run(exp_id, run_name=f"stgt {stage_name}{at}", tags={**tags, "pipeline.kind": "stgt"})
+    return Parent(run.info.run_id, owned=True)
+
+
+def _report_dirs(stage: Stage, outputs: Mapping[str, Path], failed: bool) -> list[tuple[Path, str]]:
+    """Stage outputs under reports/ (HTML reports, plots), logged whole under the output's name. A failing
+    stage keeps its evidence in `<output>.failed` (validate does), which is logged instead."""
+    found = []
+    for key, declared in stage.outputs.items():
+        path = Path(outputs[key])
+        if failed:
+            path, key = path.with_name(f"{path.name}.failed"), f"{key}.failed"
+        if declared.startswith("reports/") and path.is_dir():
+            found.append((path, key))
+    return found
+
+
+def _is_nested(value: Any) -> bool:
+    return hasattr(value, "__len__") and not isinstance(value, str)
+
+
+def _log_datasets(inputs: Mapping[str, Path], digests: Mapping[str, str]) -> None:
+    """Each input holding a manifest as an MLflow dataset, its digest the same as the run's data_digest tag."""
+    import mlflow
+    import pandas as pd
+
+    for key, path in inputs.items():
+        manifest = Path(path) / MANIFEST_NAME
+        if not manifest.is_file():
+            continue
+        table = pd.read_parquet(manifest)
+        # MLflow infers a schema from the frame; the nested columns (captions, QA pairs) are left out of it.
+        flat = table[[c for c in table.columns if not table[c].map(_is_nested).any()]]
+        with warnings.catch_warnings():  # hints about ambiguous local sources and integer columns: noise here
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(flat, source=str(manifest), name=Path(path).name, digest=digests[key])
+            mlflow.log_input(dataset, context=key)
+
+
+def _run_tags(stage: Stage, params: Params, inputs: Mapping[str, Path]) -> tuple[dict, dict, dict[str, str]]:
+    """(tags of the pipeline run, tags of the stage run, the inputs' data digests)."""
+    project = project_dir()
+    sha, dirty = git_state(project)
+    common = {"git.sha": sha, "git.dirty": dirty}
+    if sha != "unknown":
+        common["mlflow.source.git.commit"] = sha
+    if os.environ.get("KFP_RUN_ID"):
+        common["kfp.run_id"] = os.environ["KFP_RUN_ID"]
+    digests = input_digests(inputs, project)
+    stage_tags = {**common, "stgt.role": "stage", "stage": stage.name,
+                  "params_hash": params_hash(params, list(stage.params)),
+                  **{f"data_digest.{k}": v for k, v in digests.items()}}
+    if digests:
+        stage_tags["data_digest"] = combined_digest(digests)
+    return {**common, "stgt.role": "pipeline", "params_hash": params_hash(params)}, stage_tags, digests
+
+
+def _create_stage_run(client: MlflowClient, uri: str, stage: Stage, pipeline_tags: dict,
+                      stage_tags: dict) -> tuple[str, Parent | None]:
+    """The stage's run id and its parent (None when an orchestrator made the run: rule 1)."""
+    from mlflow.entities import RunTag
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    if os.environ.get("MLFLOW_RUN_ID"):
+        client.log_batch(os.environ["MLFLOW_RUN_ID"], tags=[RunTag(k, v) for k, v in stage_tags.items()])
+        return os.environ["MLFLOW_RUN_ID"], None
+    exp_id = experiment_id(client, uri)
+    parent = resolve_parent(client, exp_id, uri, stage.name, pipeline_tags)
+    # Created here rather than by start_run(parent_run_id=...), which an MLFLOW_RUN_ID left in the environment
+    # would hijack (mlflow/mlflow#15713).
+    run = client.create_run(exp_id, run_name=stage.name, tags={**stage_tags, MLFLOW_PARENT_RUN_ID: parent.run_id})
+    return run.info.run_id, parent
+
+
+@contextlib.contextmanager
+def stage_run(stage: Stage, params: Params, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> Iterator[Tracker]:
+    """A tracked stage: its run is open (and current()) inside the block, closed FINISHED or FAILED after."""
+    if not enabled():
+        yield Tracker()
+        return
+    uri = tracking_uri()
+    check_reachable(uri)
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri_from_env = "MLFLOW_TRACKING_URI" in os.environ
+    mlflow.set_tracking_uri(uri)  # for the fluent run below; it also exports MLFLOW_TRACKING_URI, undone after
+    client = MlflowClient(uri)
+    pipeline_tags, stage_tags, digests = _run_tags(stage, params, inputs)
+    run_id, parent = _create_stage_run(client, uri, stage, pipeline_tags, stage_tags)
+    # The fluent run makes mlflow.log_* and log_model inside the stage land here too; system metrics for stages
+    # that train (they ask for a GPU), else as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says.
+    mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
+                     log_system_metrics=True if stage.resources.gpus > 0 else None)
+    tracker = MlflowTracker(client, run_id)
+    token = _CURRENT.set(tracker)
+    status = "FAILED"
+    try:
+        dumped = params.dump()
+        tracker.log_params({section: dumped[section] for section in stage.params})
+        _log_datasets(inputs, digests)
+        yield tracker
+        status = "FINISHED"
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        tracker.set_tags({"error": one_line(exc)})
+        if parent and parent.owned:
+            client.set_tag(parent.run_id, "error", f"{stage.name}: {one_line(exc)}")
+        raise
+    finally:
+        _CURRENT.reset(token)
+        for path, name in _report_dirs(stage, outputs, failed=status != "FINISHED"):
+            tracker.log_artifact(path, name)
+        mlflow.end_run(status)
+        if parent and parent.owned:
+            client.set_terminated(parent.run_id, status)
+        if not uri_from_env:
+            mlflow.set_tracking_uri(None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the parent run of a Kubeflow pipeline run (without KFP's MLflow plugin): opened by the pipeline's first task,
+# found by the stage tasks through its `kfp.run_id` tag, closed by the exit task
+
+PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+def _plugin_owns_runs() -> bool:
+    """KFP's MLflow plugin made this task's run (rule 1): it also made and closes the parent."""
+    return bool(os.environ.get("MLFLOW_RUN_ID"))
+
+
+def _client() -> tuple[MlflowClient, str]:
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    return MlflowClient(uri), uri
+
+
+def open_parent_run(name: str, kfp_run_id: str, params: Params) -> str:
+    """Create the pipeline run's parent; returns its id, "" when tracking is off or the plugin owns the runs."""
+    if not enabled() or _plugin_owns_runs():
+        return ""
+    from mlflow.entities import Param
+
+    client, uri = _client()
+    sha, dirty = git_state(project_dir())
+    tags = {"git.sha": sha, "git.dirty": dirty, "stgt.role": "pipeline", "pipeline.kind": "kfp",
+            "kfp.run_id": kfp_run_id, "params_hash": params_hash(params)}
+    run = client.create_run(experiment_id(client, uri), run_name=name, tags=tags)
+    logged = [Param(k, v) for k, v in loggable_params(params.dump()).items()]
+    for start in range(0, len(logged), PARAMS_PER_BATCH):
+        client.log_batch(run.info.run_id, params=logged[start:start + PARAMS_PER_BATCH])
+    return run.info.run_id
+
+
+def find_parent_run(kfp_run_id: str) -> str:
+    """The id of the parent open_parent_run made for this Kubeflow run; "" when there is none."""
+    if not enabled() or _plugin_owns_runs() or not kfp_run_id:
+        return ""
+    client, uri = _client()
+    found = client.search_runs(
+        [experiment_id(client, uri)], max_results=1,
+        filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`stgt.role` = 'pipeline'")
+    return found[0].info.run_id if found else ""
+
+
+def run_status(state: str) -> str:
+    """A Kubeflow final state (SUCCEEDED, FAILED, CANCELED, ...) as an MLflow run status."""
+    state = state.upper()
+    if state in ("SUCCEEDED", "SKIPPED", "CACHED"):
+        return "FINISHED"
+    return "KILLED" if state.startswith("CANCEL") else "FAILED"
+
+
+def finish_parent_run(run_id: str, status: Any) -> str:
+    """Close the parent as the pipeline ended; `status` is a dsl.PipelineTaskFinalStatus or its state. Returns
+    the MLflow status set ("" when there was nothing to close)."""
+    if not enabled() or _plugin_owns_runs() or not run_id:
+        return ""
+    client, _ = _client()
+    state = str(getattr(status, "state", status))
+    result = run_status(state)
+    message = getattr(status, "error_message", "") or ""
+    if result != "FINISHED":
+        client.set_tag(run_id, "kfp.state", state)
+        if message:
+            client.set_tag(run_id, "error", redact(message.strip().splitlines()[0])[:500])
+    client.set_terminated(run_id, result)
+    return result
