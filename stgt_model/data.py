@@ -264,36 +264,30 @@ def tokenize(tokenizer_fn: TokenizerFn, texts: list[str]) -> tuple[Tensor, Tenso
     return input_ids, attention_mask
 
 
+def _collate(batch: list[dict[str, Any]], text_field: str, tokenizer_fn: TokenizerFn) -> dict[str, Any]:
+    """Stacked videos and the tokenized `text_field` of every item, with the items' texts and video ids."""
+    texts = [item[text_field] for item in batch]
+    input_ids, attention_mask = tokenize(tokenizer_fn, texts)
+    return {"video": torch.stack([item["video"] for item in batch]), "input_ids": input_ids,
+            "attention_mask": attention_mask, text_field: texts, "video_id": [item["video_id"] for item in batch]}
+
+
 def collate_video_text(batch: list[dict[str, Any]], tokenizer_fn: TokenizerFn) -> dict[str, Any]:
     """Stack videos and tokenize captions. `tokenizer_fn` is normally the Q-Former's
     `stgt_model.qformer.TextProcessor(build_tokenizer(cfg), cfg.max_text_len)` (blip_caption, then BERT tokens);
     bind it with functools.partial for a DataLoader."""
-    captions = [item["caption"] for item in batch]
-    input_ids, attention_mask = tokenize(tokenizer_fn, captions)
-    return {
-        "video": torch.stack([item["video"] for item in batch]),
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "caption": captions,
-        "video_id": [item["video_id"] for item in batch],
-        "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
-    }
+    out = _collate(batch, "caption", tokenizer_fn)
+    out["index"] = torch.tensor([item["index"] for item in batch], dtype=torch.long)
+    return out
 
 
 def collate_video_qa(batch: list[dict[str, Any]], tokenizer_fn: TokenizerFn) -> dict[str, Any]:
     """Stack videos, tokenize questions, and gather answer indices (as `collate_video_text`)."""
-    questions = [item["question"] for item in batch]
-    input_ids, attention_mask = tokenize(tokenizer_fn, questions)
-    return {
-        "video": torch.stack([item["video"] for item in batch]),
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "answer_index": torch.tensor([item["answer_index"] for item in batch], dtype=torch.long),
-        "question": questions,
-        "answer": [item["answer"] for item in batch],
-        "question_type": [item["question_type"] for item in batch],
-        "video_id": [item["video_id"] for item in batch],
-    }
+    out = _collate(batch, "question", tokenizer_fn)
+    out["answer_index"] = torch.tensor([item["answer_index"] for item in batch], dtype=torch.long)
+    out["answer"] = [item["answer"] for item in batch]
+    out["question_type"] = [item["question_type"] for item in batch]
+    return out
 
 
 def collate_twin_groups(groups: list[list[dict[str, Any]]], tokenizer_fn: TokenizerFn) -> dict[str, Any]:
