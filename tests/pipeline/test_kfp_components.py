@@ -46,7 +46,7 @@ def compile_alone(component, tmp_path: Path) -> dict:
 
 
 @pytest.mark.parametrize("stage", [s.name for s in stages.STAGES])
-def test_each_stage_component_compiles_with_its_registry_interface(stage, tmp_path):
+def test_each_stage_component_compiles_with_its_stage_table_interface(stage, tmp_path):
     iface = interface(stage)
     spec = compile_alone(stage_component(iface), tmp_path)
     params = spec["root"]["inputDefinitions"]["parameters"]

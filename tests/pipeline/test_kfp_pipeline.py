@@ -1,4 +1,4 @@
-"""The compiled Kubeflow pipeline against the stage registry, dvc.yaml and the checked-in golden file."""
+"""The compiled Kubeflow pipeline against the stage table, dvc.yaml and the checked-in golden file."""
 from __future__ import annotations
 
 import json
@@ -39,7 +39,7 @@ def all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def units(stages: Iterable[Stage] = stages.STAGES) -> dict[str, tuple[Stage, str]]:
-    """dvc.yaml stage name -> (registry stage, item): a foreach stage is one unit per item, `finetune@qa`."""
+    """dvc.yaml stage name -> (stage, item): a foreach stage is one unit per item, `finetune@qa`."""
     return {f"{s.name}@{i}" if i else s.name: (s, i) for s in stages for i in (s.foreach or ("",))}
 
 
@@ -49,7 +49,7 @@ def task_name(unit: str) -> str:
 
 
 def stage_tasks(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """dvc.yaml stage name (a registry stage's, or `<stage>@<item>`) -> its task."""
+    """dvc.yaml stage name (a stage's, or `<stage>@<item>`) -> its task."""
     tasks = all_tasks(spec)
     return {unit: tasks[task_name(unit)] for unit in stages if task_name(unit) in tasks}
 
@@ -93,8 +93,8 @@ def stage_upstream(spec: dict[str, Any], stages: Iterable[str]) -> dict[str, set
     return {unit: upstream(task, set()) for task, unit in unit_of.items()}
 
 
-def registry_upstream(stages: Iterable[Stage] = stages.STAGES) -> dict[str, set[str]]:
-    """Each unit's producers per the registry: a foreach item produces the outputs keyed by its item."""
+def table_upstream(stages: Iterable[Stage] = stages.STAGES) -> dict[str, set[str]]:
+    """Each unit's producers per the stage table: a foreach item produces the outputs keyed by its item."""
     stages = list(stages)
     made_by = {path: f"{s.name}@{key}" if key in s.foreach else s.name for s in stages
                for key, path in s.outputs.items()}
@@ -138,13 +138,13 @@ def dvc_upstream() -> tuple[list[str], dict[str, set[str]], dict[str, set[str]]]
 
 
 # -- one source of truth ------------------------------------------------------------------------------------------
-def test_every_registry_stage_is_a_task_with_the_registry_dependencies(compiled):
+def test_every_stage_is_a_task_with_the_stage_table_dependencies(compiled):
     spec, _ = compiled
     names = list(units())
     assert set(stage_tasks(spec, names)) == set(names)
-    assert stage_upstream(spec, names) == registry_upstream()
-    # Merging a foreach stage's items gives back the registry's stage-level dependencies.
-    merged = {s.name: {u.split("@")[0] for unit in units([s]) for u in registry_upstream()[unit]}
+    assert stage_upstream(spec, names) == table_upstream()
+    # Merging a foreach stage's items gives back the stage table's stage-level dependencies.
+    merged = {s.name: {u.split("@")[0] for unit in units([s]) for u in table_upstream()[unit]}
               for s in stages.STAGES}
     assert merged == {s.name: set(s.upstream) for s in stages.STAGES}
 
@@ -191,10 +191,10 @@ def test_gpu_stage_requests_gpus_cpu_memory_shm_and_placement(with_gpu_stage):
     assert k8s["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
 
 
-def test_cpu_stages_get_registry_resources_and_no_gpu(compiled):
+def test_cpu_stages_get_their_stage_table_resources_and_no_gpu(compiled):
     spec, executors = compiled
     cpu_units = [u for u, (s, _) in units().items() if not s.resources.gpus]
-    assert cpu_units  # the registry decides which stages are GPU stages (pretrain, finetune, evaluate)
+    assert cpu_units  # the stage table decides which stages are GPU stages (pretrain, finetune, evaluate)
     for unit in cpu_units:
         stage = units()[unit][0]
         label = executor_of(spec, stage_tasks(spec, [unit])[unit])
@@ -204,7 +204,7 @@ def test_cpu_stages_get_registry_resources_and_no_gpu(compiled):
         assert "stgt-cpu" in container["image"] and "nodeSelector" not in executors[label]
 
 
-def test_registry_gpu_stages_request_their_gpus_on_the_cuda_image(compiled):
+def test_gpu_stages_request_their_gpus_on_the_cuda_image(compiled):
     spec, executors = compiled
     gpu_units = {u: s for u, (s, _) in units().items() if s.resources.gpus}
     for unit, stage in gpu_units.items():  # every item of a foreach GPU stage included
@@ -258,12 +258,12 @@ def test_secrets_and_run_id_are_env_on_every_stage_shard_launcher_and_mlflow_tas
             {"fieldPath": f"metadata.labels['{conventions.RUN_ID_LABEL}']", "name": conventions.RUN_ID_ENV}], label
 
 
-def test_caching_follows_registry_and_is_off_for_workspace_writers_and_mutable_state(with_gpu_stage):
+def test_caching_follows_the_stage_table_and_is_off_for_workspace_writers_and_mutable_state(with_gpu_stage):
     spec, _ = with_gpu_stage
     enabled = {n: t.get("cachingOptions", {}).get("enableCache", False) for n, t in all_tasks(spec).items()}
     assert enabled["prepare"] and enabled["validate"]  # cacheable, outputs are artifacts
     assert not enabled["extract-frames"] and not enabled["extract-frames-shard"]  # per-run workspace
-    assert not enabled["fake-train"]  # registry: cacheable=False
+    assert not enabled["fake-train"]  # stage table: cacheable=False
     assert not enabled["finish-run"]
     for unit, (stage, _) in units().items():
         if not stage.cacheable:  # register: the MLflow registry is state outside the pipeline

@@ -28,7 +28,7 @@ def test_pretrain_task_with_two_processes_runs_the_stage_under_torchrun(corpus, 
     monkeypatch.setattr(stage_task, "run_stage", lambda *a, **k: pytest.fail("ran in-process, not under torchrun"))
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)
-    os.symlink(corpus["features"], ws / "data" / "features")  # a workspace input, at its registry path
+    os.symlink(corpus["features"], ws / "data" / "features")  # a workspace input, at its stage-table path
     dumped = tiny_params(tmp_path / "p").dump()
     params = flatten({section: dumped[section] for section in ("pretrain", "model")})
     checkpoint, summary = artifact(tmp_path / "out" / "checkpoint"), SimpleNamespace(logged={})
