@@ -2,8 +2,9 @@
 stage's suite.json in its folder), an ephemeral context (no gx/ folder, analytics off), a readable summary and an
 HTML report per validation.
 
-Suite files hold GX's own expectation JSON; a kwarg written as {"$PARAMETER": "name"} is filled from the
-`parameters` given at validation time (so thresholds come from params.yaml, not from the suite file).
+Suite files hold GX's own expectation JSON. A kwarg written as {"$PARAMETER": "name"} is GX's suite parameter: GX
+fills it from the `expectation_parameters` given at validation time (so thresholds come from params.yaml, not from
+the suite file), and GX names each failing row by the caller's id column (`unexpected_index_column_names`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from stgt_pipeline.errors import StageFailed, StgtError
 
 
 @dataclass
@@ -30,53 +33,43 @@ class SuiteResult:
                 "statistics": self.statistics, "results": self.results}
 
 
-def load_suite(path: Path, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
-    suite = json.loads(path.read_text(encoding="utf-8"))
-    return _fill(suite, parameters or {}, path)
-
-
-def _fill(node: Any, parameters: dict[str, Any], path: Path) -> Any:
-    if isinstance(node, dict):
-        if set(node) == {"$PARAMETER"}:
-            key = node["$PARAMETER"]
-            if key not in parameters:
-                raise KeyError(f"{path}: suite parameter {key!r} was not given")
-            return parameters[key]
-        return {k: _fill(v, parameters, path) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_fill(v, parameters, path) for v in node]
-    return node
-
-
 def validate_dataframe(
     df: pd.DataFrame,
     suite: Path,
-    expectations_kwargs: dict[str, Any] | None = None,
+    expectation_parameters: dict[str, Any] | None = None,
     html_path: str | Path | None = None,
     id_column: str = "video_id",
     title: str | None = None,
 ) -> SuiteResult:
-    """Validate `df` against the suite file `suite` and explain every failure in one line."""
+    """Validate `df` against the suite file `suite` and explain every failure in one line; each failing row is
+    named by its `id_column` value."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.exceptions import SuiteParameterError
 
-    spec = load_suite(Path(suite), expectations_kwargs)
+    suite = Path(suite)
+    if id_column not in df.columns:  # GX would report every row expectation as failed, without saying why
+        raise ValueError(f"{suite}: the validated table has no id column {id_column!r} to name failing rows by")
+    spec = json.loads(suite.read_text(encoding="utf-8"))
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_def = (ctx.data_sources.add_pandas("pandas").add_dataframe_asset(name=spec["name"])
                  .add_batch_definition_whole_dataframe("whole"))
-    gx_suite = ctx.suites.add(gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta", {})))
-    frame = df.reset_index(drop=True)
-    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(gx_suite, result_format="COMPLETE")
+    gx_suite = ctx.suites.add(gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"],
+                                                  meta=spec.get("meta", {})))
+    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]}
+    try:
+        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(
+            gx_suite, result_format=result_format, expectation_parameters=expectation_parameters)
+    except SuiteParameterError as exc:  # "No value found for $PARAMETER <name>": say which suite file asks for it
+        raise StgtError(f"{suite}: {exc}; the stage gives this suite no such parameter") from None
 
     rows, summary = [], []
     for r in result.results:
         cfg = r.expectation_config
         kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
         res = r.result or {}
-        idx = res.get("unexpected_index_list") or []
-        examples = [str(frame.loc[i, id_column]) for i in idx[:5] if id_column in frame.columns and i in frame.index]
         row = {
             "expectation": cfg.type,
             "kwargs": kwargs,
@@ -84,7 +77,8 @@ def validate_dataframe(
             "observed_value": _jsonable(res.get("observed_value")),
             "unexpected_count": res.get("unexpected_count"),
             "element_count": res.get("element_count"),
-            "unexpected_examples": examples or [str(v) for v in (res.get("partial_unexpected_list") or [])[:5]],
+            # GX lists each failing row as {id_column: ..., <checked columns>: ...}
+            "unexpected_examples": [str(i[id_column]) for i in (res.get("unexpected_index_list") or [])[:5]],
         }
         if r.exception_info and r.exception_info.get("raised_exception"):
             row["success"] = False
@@ -93,7 +87,7 @@ def validate_dataframe(
         if not row["success"]:
             summary.append(_explain(row))
     stats = dict(result.statistics)
-    stats["rows"] = len(frame)
+    stats["rows"] = len(df)
     success = bool(result.success) and all(r["success"] for r in rows)
     out = SuiteResult(suite=spec["name"], success=success, summary=summary, statistics=_jsonable(stats), results=rows)
     if html_path is not None:
@@ -101,17 +95,16 @@ def validate_dataframe(
     return out
 
 
-def gate(stage: str, df: pd.DataFrame, suite: Path, expectations_kwargs: dict[str, Any], tmp: Path, failed: Path,
+def gate(stage: str, df: pd.DataFrame, suite: Path, expectation_parameters: dict[str, Any], tmp: Path, failed: Path,
          title: str, evidence: tuple[str, ...] = ()) -> SuiteResult:
     """A stage's quality gate on its own output: `<suite>_suite.html/.json` go into the temporary output `tmp`;
     on failure they (and the `evidence` files of tmp) are kept in `failed` and StageFailed names the report and
     each failed expectation, so the previous good output stays in place."""
-    from stgt_pipeline.errors import StageFailed
     from stgt_pipeline.io.atomic import keep_evidence, write_json  # stage plumbing, not needed to validate a frame
 
     name = json.loads(Path(suite).read_text(encoding="utf-8"))["name"]
     report = f"{name}_suite.html"
-    result = validate_dataframe(df, suite=suite, expectations_kwargs=expectations_kwargs, html_path=tmp / report,
+    result = validate_dataframe(df, suite=suite, expectation_parameters=expectation_parameters, html_path=tmp / report,
                                 title=title)
     write_json(tmp / f"{name}_suite.json", result.as_dict())
     if not result.success:

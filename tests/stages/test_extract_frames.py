@@ -136,8 +136,8 @@ def test_failed_suite_keeps_the_previous_output(dataset, tmp_path, monkeypatch):
     out.mkdir()
     (out / "previous.txt").write_text("old")
 
-    def failing_suite(df, suite, expectations_kwargs, html_path, title):
-        assert suite == extract_frames.SUITE and expectations_kwargs == {"num_frames": T, "size": SIZE}
+    def failing_suite(df, suite, expectation_parameters, html_path, title):
+        assert suite == extract_frames.SUITE and expectation_parameters == {"num_frames": T, "size": SIZE}
         assert list(df.columns) == extract_frames.STATS_COLUMNS and len(df) == 5
         Path(html_path).write_text("FAILED")
         return SuiteResult("frames", False, ["is_blank: 5 of 5 rows fail"], {})
