@@ -4,13 +4,21 @@ Retrieval (metrics-reference.md §2, stgt-reference.md §4.2). `sim_t2v` is [num
 `text_to_video[t]` is the video of text t; a video may have several captions, and v2t treats all of them as its
 ground truths. Ranks are 0-based; R@k is a percentage, MdR/MnR are 1-based. Three conventions:
 
-- "tie_aware" (§2.6, the default): rank = #candidates strictly better + #tied others / 2, the minimum over a
-  query's ground truths; MdR = np.median(rank) + 1, MnR = mean(rank) + 1.
+- "tie_aware" (§2.6 revised, the default): the expected result under random tie-breaking. For each (query, ground
+  truth) pair with b candidates strictly better and m others tied with it, rank = b + m / 2 and its R@k hit is
+  clamp((k - b) / (m + 1), 0, 1) (a ground truth tied with one other at the top counts 0.5 toward R@1); a query
+  with several ground truths takes the best of them (minimum rank, maximum hit).
+  MdR = np.median(rank) + 1, MnR = mean(rank) + 1.
 - "clip4clip" (§2.1): CLIP4Clip's `compute_metrics` when every video has exactly one caption, else its
   multi-sentence path (-inf padded [V, C_max, V] tensor; t2v by double argsort, v2t by max over caption groups).
 - "albef" (§2.2): ALBEF/LAVIS `itm_eval`: position in `np.argsort(row)[::-1]`, minimum over a video's captions,
   MdR (STGT's fork) on t2v only, no MnR. Tie order is np.argsort's and therefore platform dependent: with NumPy
   2.4.6 on an AVX2 CPU even 4-long rows are not sorted stably; only rows of <= 3 candidates are predictable.
+
+STGT re-ranks the top k candidates of every query with its matching head (`rerank_topk`). The reference codebases
+put -100 in every other cell, so all candidates beyond k tie; clip4clip and albef keep that fill
+(`rerank_fill`). Under tie_aware those candidates keep their coarse similarity, below every re-ranked one, so
+R@5, R@10, MdR and MnR stay meaningful whatever k is.
 
 Accuracies and shares are percentages too.
 """
@@ -54,9 +62,11 @@ def retrieval_metrics(
     text_to_video: ArrayLike,
     compat: Convention = "tie_aware",
     sim_v2t: ArrayLike | None = None,
+    ks: Sequence[int] = RECALL_KS,
 ) -> dict[str, dict[str, Any]]:
-    """{"t2v": {...}, "v2t": {...}}, each with R@1, R@5, R@10, MdR, MnR (None where the convention has none),
-    num_queries and ranks (0-based, one per query: texts in input order for t2v, videos for v2t).
+    """{"t2v": {...}, "v2t": {...}}, each with R@k for every k in `ks` (R@1, R@5, R@10 by default), MdR, MnR (None
+    where the convention has none), num_queries and ranks (0-based, one per query: texts in input order for t2v,
+    videos for v2t).
 
     `sim_v2t` [num_videos x num_texts] defaults to sim_t2v.T; pass it when the two directions are scored
     separately, as in STGT's re-ranking where each direction takes its own top-k (§4.2).
@@ -69,11 +79,14 @@ def retrieval_metrics(
     if sim_vt.shape != sim.shape[::-1]:
         raise ValueError(f"sim_v2t has shape {sim_vt.shape}, expected {sim.shape[::-1]}")
     texts_of_video = _video_to_texts(video_of_text, sim.shape[1])
+    ks = tuple(ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must hold recall cut-offs of at least 1, got {ks}")
     if compat == "tie_aware":
-        return _tie_aware_metrics(sim, sim_vt, video_of_text, texts_of_video)
+        return _tie_aware_metrics(sim, sim_vt, video_of_text, texts_of_video, ks)
     if compat == "albef":
-        return _albef_metrics(sim, sim_vt, video_of_text, texts_of_video)
-    return _clip4clip_metrics(sim, sim_vt, video_of_text, texts_of_video)
+        return _albef_metrics(sim, sim_vt, video_of_text, texts_of_video, ks)
+    return _clip4clip_metrics(sim, sim_vt, video_of_text, texts_of_video, ks)
 
 
 def _check_text_to_video(text_to_video: ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
@@ -95,44 +108,57 @@ def _video_to_texts(video_of_text: np.ndarray, num_videos: int) -> list[np.ndarr
     return texts_of_video
 
 
-def _recalls(ranks: np.ndarray) -> dict[str, float]:
-    return {f"R@{k}": 100.0 * float(np.sum(ranks < k)) / len(ranks) for k in RECALL_KS}
+def _recalls(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    return {f"R@{k}": 100.0 * float(np.sum(ranks < k)) / len(ranks) for k in ks}
 
 
-def _summary(ranks: np.ndarray, median_rank: float | None, mean_rank: float | None) -> dict[str, Any]:
-    return {**_recalls(ranks), "MdR": median_rank, "MnR": mean_rank, "num_queries": len(ranks), "ranks": ranks}
+def _summary(ranks: np.ndarray, median_rank: float | None, mean_rank: float | None,
+             ks: Sequence[int]) -> dict[str, Any]:
+    return {**_recalls(ranks, ks), "MdR": median_rank, "MnR": mean_rank, "num_queries": len(ranks), "ranks": ranks}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Retrieval: tie-aware (metrics-reference §2.6)
+# Retrieval: tie-aware (metrics-reference §2.6, revised)
 
 
-def _tie_aware_ranks(sim: np.ndarray, ground_truths: Sequence[np.ndarray]) -> np.ndarray:
-    """Expected position under random tie-breaking, minimum over the query's ground truths (row q of `sim`)."""
+def _best_tie_counts(sim: np.ndarray, ground_truths: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (row q of `sim`), for its best-placed ground truth: the candidates strictly better and the other
+    candidates tied with it (its own other ground truths included: they take a place in the order too). Any other
+    ground truth either ties with that one (the same counts) or lies below its whole tie group, so the best one
+    has the lowest rank and the highest expected hit at every k."""
     if np.isnan(sim).any():
         raise ValueError("similarities contain NaN: a NaN ground truth has no rank")
     sorted_rows = np.sort(sim, axis=1)  # ascending; binary search then counts better and tied candidates
-    ranks = np.empty(len(ground_truths))
+    better = np.empty(len(ground_truths))
+    tied = np.empty(len(ground_truths))
     for query, candidates in enumerate(ground_truths):
-        gt_scores = sim[query, candidates]
-        below = np.searchsorted(sorted_rows[query], gt_scores, side="left")
-        not_above = np.searchsorted(sorted_rows[query], gt_scores, side="right")
-        better = sim.shape[1] - not_above
-        tied_others = not_above - below - 1
-        ranks[query] = np.min(better + tied_others / 2)
-    return ranks
+        best_score = np.max(sim[query, candidates])
+        below = np.searchsorted(sorted_rows[query], best_score, side="left")
+        not_above = np.searchsorted(sorted_rows[query], best_score, side="right")
+        better[query], tied[query] = sim.shape[1] - not_above, not_above - below - 1
+    return better, tied
 
 
-def _tie_aware_summary(ranks: np.ndarray) -> dict[str, Any]:
-    return _summary(ranks, float(np.median(ranks)) + 1, float(np.mean(ranks)) + 1)
+def _expected_hit(better: np.ndarray, tied_others: np.ndarray, k: int) -> np.ndarray:
+    """P(position < k) for a ground truth placed uniformly at random among its m + 1 tied positions b .. b + m:
+    clamp((k - b) / (m + 1), 0, 1)."""
+    return np.clip((k - better) / (tied_others + 1), 0.0, 1.0)
+
+
+def _tie_aware_summary(better: np.ndarray, tied: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:
+    ranks = better + tied / 2
+    recalls = {f"R@{k}": 100.0 * float(np.mean(_expected_hit(better, tied, k))) for k in ks}
+    return {**recalls, "MdR": float(np.median(ranks)) + 1, "MnR": float(np.mean(ranks)) + 1,
+            "num_queries": len(ranks), "ranks": ranks}
 
 
 def _tie_aware_metrics(
-    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray]
+    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray],
+    ks: Sequence[int],
 ) -> dict[str, dict[str, Any]]:
-    t2v = _tie_aware_ranks(sim, video_of_text[:, None])
-    v2t = _tie_aware_ranks(sim_vt, texts_of_video)
-    return {"t2v": _tie_aware_summary(t2v), "v2t": _tie_aware_summary(v2t)}
+    t2v = _best_tie_counts(sim, video_of_text[:, None])
+    v2t = _best_tie_counts(sim_vt, texts_of_video)
+    return {"t2v": _tie_aware_summary(*t2v, ks), "v2t": _tie_aware_summary(*v2t, ks)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,25 +175,26 @@ def _albef_ranks(sim: np.ndarray, ground_truths: Sequence[np.ndarray]) -> np.nda
 
 
 def _albef_metrics(
-    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray]
+    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray],
+    ks: Sequence[int],
 ) -> dict[str, dict[str, Any]]:
     # itm_eval's img_r* is text->video and txt_r* video->text; only STGT's fork adds a (t2v) MedianR, nobody MnR.
     t2v = _albef_ranks(sim, video_of_text[:, None])
     v2t = _albef_ranks(sim_vt, texts_of_video)
-    return {"t2v": _summary(t2v, float(np.median(t2v)) + 1, None), "v2t": _summary(v2t, None, None)}
+    return {"t2v": _summary(t2v, float(np.median(t2v)) + 1, None, ks), "v2t": _summary(v2t, None, None, ks)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Retrieval: CLIP4Clip metrics.py (metrics-reference §2.1)
 
 
-def _clip4clip_square(x: np.ndarray) -> dict[str, Any]:
+def _clip4clip_square(x: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:
     """`compute_metrics` on a square matrix whose diagonal is the ground truth. Every tied position of a row's
     ground truth goes into `ind` and grows the denominator. The per-query rank returned is the mean of the row's
     positions in `ind` (NaN for a row with none, i.e. an inf/NaN ground truth, which the reference skips)."""
     sorted_rows = np.sort(-x, axis=1)
     rows, ind = np.where(sorted_rows - np.diag(-x)[:, None] == 0)
-    metrics = {f"R@{k}": float(np.sum(ind < k)) * 100 / len(ind) for k in RECALL_KS}
+    metrics = {f"R@{k}": float(np.sum(ind < k)) * 100 / len(ind) for k in ks}
     counts = np.bincount(rows, minlength=len(x))
     ranks = np.full(len(x), np.nan)
     np.divide(np.bincount(rows, weights=ind, minlength=len(x)), counts, out=ranks, where=counts > 0)
@@ -183,7 +210,8 @@ def _clip4clip_grouped(sim_t2v: np.ndarray, texts_of_video: list[np.ndarray]) ->
     return np.stack([np.concatenate((sim_t2v[texts], padding[len(texts):])) for texts in texts_of_video])
 
 
-def _clip4clip_multi_t2v(grouped: np.ndarray, video_of_text: np.ndarray, slot_of_text: np.ndarray) -> dict[str, Any]:
+def _clip4clip_multi_t2v(grouped: np.ndarray, video_of_text: np.ndarray, slot_of_text: np.ndarray,
+                         ks: Sequence[int]) -> dict[str, Any]:
     """`tensor_text_to_video_metrics`: torch.argsort order for ties, captions with an inf/NaN own score (the
     padding) dropped, R@k in float32 as the reference's tensor division gives, MedianR by torch.median (lower
     middle of an even count)."""
@@ -192,7 +220,7 @@ def _clip4clip_multi_t2v(grouped: np.ndarray, video_of_text: np.ndarray, slot_of
     second = torch.argsort(first, dim=-1, descending=False)  # [C_max, V, V]: rank of each video per caption
     own_scores = torch.flatten(torch.diagonal(sim, dim1=0, dim2=2))
     valid = torch.flatten(torch.diagonal(second, dim1=1, dim2=2))[~(own_scores.isinf() | own_scores.isnan())]
-    metrics = {f"R@{k}": float(torch.sum(valid < k) * 100 / len(valid)) for k in RECALL_KS}
+    metrics = {f"R@{k}": float(torch.sum(valid < k) * 100 / len(valid)) for k in ks}
     ranks = second[slot_of_text, video_of_text, video_of_text].numpy().astype(np.float64)
     ranks[~np.isfinite(grouped[video_of_text, slot_of_text, video_of_text])] = np.nan  # dropped, as above
     return {**metrics, "MdR": float(torch.median(valid + 1)), "MnR": float(np.mean(valid.numpy() + 1)),
@@ -213,18 +241,19 @@ def _slot_of_text(texts_of_video: list[np.ndarray], num_texts: int) -> np.ndarra
 
 
 def _clip4clip_metrics(
-    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray]
+    sim: np.ndarray, sim_vt: np.ndarray, video_of_text: np.ndarray, texts_of_video: list[np.ndarray],
+    ks: Sequence[int],
 ) -> dict[str, dict[str, Any]]:
     if all(len(texts) == 1 for texts in texts_of_video):
         # Square path: reorder so that the ground truth is the diagonal (sorting per row makes column order moot).
         text_of_video = np.concatenate(texts_of_video)
-        t2v = _clip4clip_square(sim[text_of_video])
-        v2t = _clip4clip_square(sim_vt[:, text_of_video])
+        t2v = _clip4clip_square(sim[text_of_video], ks)
+        v2t = _clip4clip_square(sim_vt[:, text_of_video], ks)
         t2v["ranks"] = t2v["ranks"][np.argsort(text_of_video)]  # back to the caller's text order
         return {"t2v": t2v, "v2t": v2t}
     slot_of_text = _slot_of_text(texts_of_video, len(video_of_text))
-    t2v = _clip4clip_multi_t2v(_clip4clip_grouped(sim, texts_of_video), video_of_text, slot_of_text)
-    v2t = _clip4clip_square(_clip4clip_group_max(_clip4clip_grouped(sim_vt.T, texts_of_video)))
+    t2v = _clip4clip_multi_t2v(_clip4clip_grouped(sim, texts_of_video), video_of_text, slot_of_text, ks)
+    v2t = _clip4clip_square(_clip4clip_group_max(_clip4clip_grouped(sim_vt.T, texts_of_video)), ks)
     return {"t2v": t2v, "v2t": v2t}
 
 
@@ -240,22 +269,35 @@ def dual_softmax(sim: ArrayLike, temperature: float = 1.0) -> np.ndarray:
     return (scores * torch.softmax(scores / temperature, dim=0)).numpy()
 
 
+def rerank_fill(compat: Convention) -> float | None:
+    """What `rerank_topk` puts outside the top k under each convention: the reference codebases' -100
+    (clip4clip, albef), or nothing (tie_aware, §2.6 revised): those candidates keep their coarse similarity."""
+    if compat not in CONVENTIONS:
+        raise ValueError(f"compat must be one of {CONVENTIONS}, got {compat!r}")
+    return None if compat == "tie_aware" else RERANK_FILL_VALUE
+
+
 def rerank_topk(
     coarse_sim: ArrayLike,
     itm_scores_fn: Callable[[np.ndarray, np.ndarray], ArrayLike],
     k: int,
-    fill: float = RERANK_FILL_VALUE,
+    fill: float | None = RERANK_FILL_VALUE,
     pairs_per_call: int = 256,
 ) -> np.ndarray:
     """STGT's protocol for one direction: per query row, the top-k candidates by the coarse ITC score are scored
     by the matching head and those cells become p_ITM + s, every other cell `fill`. k is capped at the number of
     candidates (tiny test sets).
 
+    fill=None keeps every other cell at its coarse score s instead, so candidates beyond k stay in coarse order.
+    They also stay below the re-ranked ones: those were the k best by s, and p_ITM >= 0 (checked) cannot lower
+    them. The one exception is a re-ranked candidate whose s equals that of one left out (the top-k choice
+    between equal scores is arbitrary) and whose p_ITM adds nothing in float: the two then tie, as they did.
+
     itm_scores_fn(query_indices, candidate_indices) -> match probabilities, one per (query, candidate) pair. The
     pairs of consecutive queries go together, at most pairs_per_call (and at least one query's k) per call: the
     matching head runs in batches instead of one small pass per query."""
     sims = torch.as_tensor(_as_scores(coarse_sim))
-    scores = torch.full_like(sims, fill)
+    scores = sims.clone() if fill is None else torch.full_like(sims, fill)
     top_sim, top_idx = sims.topk(k=min(k, sims.shape[1]), dim=1)  # torch.topk as the official compute_sim_matrix
     queries_per_call = max(1, pairs_per_call // top_idx.shape[1])
     for start in range(0, len(sims), queries_per_call):
@@ -264,6 +306,9 @@ def rerank_topk(
         query_of_pair = rows[:, None].expand_as(candidates)
         p_match = torch.as_tensor(_to_numpy(itm_scores_fn(query_of_pair.flatten().numpy(),
                                                           candidates.flatten().numpy())), dtype=sims.dtype)
+        if fill is None and not bool((p_match >= 0).all()):  # NaN fails too
+            raise ValueError("rerank_topk with fill=None needs match probabilities >= 0: a negative score could "
+                             "drop a re-ranked candidate below the ones left out")
         scores[query_of_pair, candidates] = p_match.view_as(candidates) + top_sim[rows]
     return scores.numpy()
 

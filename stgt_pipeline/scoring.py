@@ -3,8 +3,10 @@ champion with, so that both compare like with like.
 
 Retrieval follows the reference protocol (stgt-reference §4.2): coarse ITC scores (max over queries, no
 temperature), the top `k_test` candidates of every query re-scored by the matching head, final score =
-p_match + similarity. The maths (ranks, recall, the probe's pair accuracy, QA accuracy) is stgt_model.metrics;
-this module encodes and scores.
+p_match + similarity. Beyond the top k, the clip4clip and albef conventions put -100 as the reference code does
+(all those candidates tie); tie_aware keeps their coarse similarity, so they rank in coarse order below the
+re-ranked ones (metrics-reference §2.6 revised). The maths (ranks, recall, the probe's pair accuracy, QA accuracy)
+is stgt_model.metrics; this module encodes and scores.
 """
 from __future__ import annotations
 
@@ -16,7 +18,14 @@ import torch
 from torch import Tensor
 
 from stgt_model.data import ClipStore, VideoQADataset, probe_pairs
-from stgt_model.metrics import dual_softmax, qa_metrics, rerank_topk, retrieval_metrics, temporal_order_probe
+from stgt_model.metrics import (
+    dual_softmax,
+    qa_metrics,
+    rerank_fill,
+    rerank_topk,
+    retrieval_metrics,
+    temporal_order_probe,
+)
 from stgt_model.model import STGTModel
 from stgt_model.qa import AnswerVocab
 from stgt_model.qformer import TextProcessor
@@ -72,9 +81,10 @@ def evaluate_retrieval(model: STGTModel, processor: TextProcessor, store: ClipSt
     def pair_scores(videos: np.ndarray, text_idx: np.ndarray) -> np.ndarray:
         return match_scores(model, video_tokens[videos], ids[text_idx], mask[text_idx])
 
+    fill = rerank_fill(cfg.compat)
     scores_t2v = rerank_topk(coarse_t2v, lambda texts, videos: pair_scores(videos, texts), cfg.k_test,
-                             pairs_per_call=cfg.batch_size)
-    scores_v2t = rerank_topk(coarse_t2v.T, pair_scores, cfg.k_test, pairs_per_call=cfg.batch_size)
+                             fill=fill, pairs_per_call=cfg.batch_size)
+    scores_v2t = rerank_topk(coarse_t2v.T, pair_scores, cfg.k_test, fill=fill, pairs_per_call=cfg.batch_size)
     result = retrieval_metrics(scores_t2v, text_video, compat=cfg.compat, sim_v2t=scores_v2t)
     metrics: dict[str, Any] = {
         "compat": cfg.compat, "k_test": cfg.k_test, "num_videos": len(video_ids), "num_texts": len(texts),
@@ -92,10 +102,10 @@ def evaluate_retrieval(model: STGTModel, processor: TextProcessor, store: ClipSt
                              "rank": result["t2v"]["ranks"]}),
         "v2t": pd.DataFrame({"video_id": video_ids, "rank": result["v2t"]["ranks"]}),
     }
-    recall_curve = pd.DataFrame([
-        {"k": k, "direction": d, "recall": 100.0 * float(np.mean(np.asarray(result[d]["ranks"]) < k))}
-        for d in ("t2v", "v2t") for k in RECALL_KS_PLOTTED
-    ])
+    # R@k by the same convention as metrics.json (tie_aware: expected hits, not ranks < k), at more cut-offs
+    curve = retrieval_metrics(scores_t2v, text_video, compat=cfg.compat, sim_v2t=scores_v2t, ks=RECALL_KS_PLOTTED)
+    recall_curve = pd.DataFrame([{"k": k, "direction": d, "recall": curve[d][f"R@{k}"]}
+                                 for d in ("t2v", "v2t") for k in RECALL_KS_PLOTTED])
     return metrics, ranks, recall_curve
 
 

@@ -2,13 +2,24 @@
 
 Retrieval follows the reference protocol (stgt-reference §4.2): coarse ITC scores (max over queries, no
 temperature), the top evaluate.k_test candidates of every query re-scored by the matching head, final score =
-p_match + similarity, every other cell -100. Ranks use evaluate.compat (tie-aware by default, or clip4clip /
-albef exactly as those code bases). Inference-time dual softmax (evaluate.dual_softmax) is reported beside the
-plain numbers, never instead of them. The maths is stgt_model.metrics; this stage only encodes and writes.
+p_match + similarity. Ranks use evaluate.compat:
+- tie_aware (default, metrics-reference §2.6 revised): candidates beyond the top k keep their coarse similarity,
+  so they rank in coarse order below the re-ranked ones and R@5, R@10, MdR and MnR mean something at any k_test.
+  A tie is scored by its expectation under random tie-breaking: with b candidates strictly better and m tied, rank
+  b + m/2 and R@k hit clamp((k - b) / (m + 1), 0, 1) (a ground truth tied with one other at the top is half a hit
+  toward R@1); a video with several captions takes the best one.
+- clip4clip / albef: exactly as those code bases, including the -100 they put in every cell beyond the top k
+  (all those candidates tie, so R@k for k > k_test, MdR and MnR there depend on how ties fall).
+The recall-at-k plot follows the same convention. Inference-time dual softmax (evaluate.dual_softmax) is reported
+beside the plain numbers, never instead of them. The maths is stgt_model.metrics; this stage only encodes and
+writes.
 
 Temporal-order probe: each test clip against its time-reversed twin (split `probe`, linked by twin_id). A pair
-passes when both captions score higher, with the same final score, on their own clip. The same figures on the
-coarse similarity alone are reported under `coarse_only` (a diagnostic, not the headline).
+passes when both captions score higher, with the same final score, on their own clip; a tie fails. extract_frames
+samples each twin on the mirror of its clip's frame indices, so the two show the same moments in opposite order
+and a model blind to frame order sees the same pictures, up to the codec's noise (the twin is a file of its own),
+in both. The same figures on the coarse similarity alone are reported under `coarse_only` (a diagnostic, not the
+headline).
 
 QA: accuracy over all test questions, per question type, with out-of-vocabulary answers counted wrong, next to
 always answering the most frequent training answer.

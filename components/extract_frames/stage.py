@@ -3,12 +3,16 @@
 Output folder (written whole or not at all):
   shards/frames-00000.npy  (n, T, S, S, 3) uint8 RGB in np.save format (open with np.load(..., mmap_mode="r")),
                            at most `shard_size` clips each, in manifest order
-  index.parquet            one row per extracted clip: its shard and offset, and how it was read
+  index.parquet            one row per extracted clip: its shard and offset, and how it was read and sampled
   quarantine.json          [{video_id, path, reason}] for every video that could not be read
   frames_suite.html/.json  the Great Expectations gate on per-clip statistics
   config.resolved.yaml
 Train clips are sampled with `train_sampling`, all other splits with `eval_sampling`; the random modes draw from
-a generator seeded by (seed, video_id), so a re-run gives the same bytes. Videos under a URL root (s3://) are
+a generator seeded by (seed, video_id), so a re-run gives the same bytes. The one exception is a `probe` clip, the
+time-reversed twin of a test clip: it is sampled with the mirror of its clip's mode and with its clip's seed
+(stgt_model/video/sampling.py), so it shows exactly its clip's moments in reverse order, and a frame-order-blind
+model sees the same pictures in both (up to the codec's noise: the twin is a file of its own). The index records
+each clip's mode (`sampling`) and the clip it mirrors (`mirror_of`). Videos under a URL root (s3://) are
 downloaded one by one to temporary files and decoded from there (stgt_pipeline/io/remote.py).
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stgt_model.video.decode import ClipFailure, ClipRequest, DecodedClip
+from stgt_model.video.sampling import SamplingMode, mirrored
 from stgt_pipeline.errors import StageFailed
 from stgt_pipeline.io.atomic import atomic_dir, failed_dir, keep_evidence, write_json
 from stgt_pipeline.io.manifest import Manifest, read_manifest
@@ -48,6 +53,7 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
     if table.empty:
         raise StageFailed(f"extract_frames: the manifest in {inputs['dataset']} lists no videos")
     requests = clip_requests(manifest, cfg)
+    mirrors = mirror_sources(table)
     frames_dir = outputs["frames"]
     failed = failed_dir(frames_dir)
     started = time.perf_counter()
@@ -71,7 +77,7 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
                 quarantine.append({"video_id": row["video_id"], "path": row["path"], "reason": reason})
                 continue
             shard, offset = shards.add(result.frames)
-            index_rows.append(index_row(row, result, shard, offset))
+            index_rows.append(index_row(row, requests[position], mirrors.get(row["video_id"]), result, shard, offset))
             stats_rows.append(stats)
         shards.close()
         seconds = time.perf_counter() - started
@@ -121,17 +127,35 @@ def check_validation(report_dir: Path) -> None:
 
 
 def clip_requests(manifest: Manifest, cfg: ExtractFramesConfig) -> list[ClipRequest]:
-    return [
-        ClipRequest(
-            key=row["video_id"],
-            path=str(manifest.video_path(row)),
-            num_frames=cfg.num_frames,
-            size=cfg.size,
-            mode=cfg.train_sampling if row["split"] == "train" else cfg.eval_sampling,
-            seed=video_seed(cfg.seed, row["video_id"]),
-        )
-        for _, row in manifest.table.iterrows()
-    ]
+    mirrors = mirror_sources(manifest.table)
+    return [clip_request(manifest, row, cfg, mirrors.get(row["video_id"])) for _, row in manifest.table.iterrows()]
+
+
+def clip_request(manifest: Manifest, row: pd.Series, cfg: ExtractFramesConfig, mirror_of: str | None) -> ClipRequest:
+    """A probe twin takes the mirror of its clip's mode and its clip's seed (the same draws, mirrored); every other
+    clip its split's mode and its own seed."""
+    mode: SamplingMode = cfg.train_sampling if row["split"] == "train" else cfg.eval_sampling
+    if mirror_of is not None:
+        mode = mirrored(cfg.eval_sampling)  # its clip is a test clip, sampled with eval_sampling
+    return ClipRequest(
+        key=row["video_id"],
+        path=str(manifest.video_path(row)),
+        num_frames=cfg.num_frames,
+        size=cfg.size,
+        mode=mode,
+        seed=video_seed(cfg.seed, mirror_of or row["video_id"]),
+    )
+
+
+def mirror_sources(table: pd.DataFrame) -> dict[str, str]:
+    """{probe twin: its test clip} for every `probe` row with a twin_id. Decided from the probe row alone (the
+    split holds test clips' twins only, which evaluate checks), so that a shard boundary between a clip and its twin
+    (Kubeflow runs blocks of the manifest) changes nothing. Train twins are hard negatives, not a probe: they keep
+    their own (random) sampling."""
+    if "twin_id" not in table:
+        return {}
+    return {video_id: twin for video_id, split, twin in zip(table["video_id"], table["split"], table["twin_id"])
+            if split == "probe" and isinstance(twin, str) and twin}
 
 
 def video_seed(seed: int, video_id: str) -> tuple[int, int]:
@@ -139,14 +163,16 @@ def video_seed(seed: int, video_id: str) -> tuple[int, int]:
     return seed, int.from_bytes(hashlib.sha256(video_id.encode("utf-8")).digest()[:8], "little")
 
 
-INDEX_COLUMNS = ["video_id", "split", "shard", "offset", "decoder", "frame_indices", "frame_count",
-                 "source_width", "source_height", "rotation", "stream"]
+INDEX_COLUMNS = ["video_id", "split", "shard", "offset", "decoder", "sampling", "mirror_of", "frame_indices",
+                 "frame_count", "source_width", "source_height", "rotation", "stream"]
 
 
-def index_row(row: pd.Series, clip: DecodedClip, shard: str, offset: int) -> dict[str, Any]:
+def index_row(row: pd.Series, request: ClipRequest, mirror_of: str | None, clip: DecodedClip, shard: str,
+              offset: int) -> dict[str, Any]:
     return {
         "video_id": row["video_id"], "split": row["split"], "shard": shard, "offset": offset,
-        "decoder": clip.decoder, "frame_indices": list(clip.indices), "frame_count": clip.frame_count,
+        "decoder": clip.decoder, "sampling": request.mode, "mirror_of": mirror_of,
+        "frame_indices": list(clip.indices), "frame_count": clip.frame_count,
         "source_width": clip.source_size[0], "source_height": clip.source_size[1],
         "rotation": clip.rotation, "stream": clip.stream_index,
     }

@@ -10,15 +10,17 @@ import pytest
 import torch
 
 from stgt_model.metrics import (
+    RERANK_FILL_VALUE,
     dual_softmax,
     majority_answer,
     qa_metrics,
+    rerank_fill,
     rerank_topk,
     retrieval_metrics,
     temporal_order_probe,
 )
 
-# The reference 3x3 example: row 0 ties its ground truth (column 0) with column 1.
+# The reference 3x3 example (test vector A): row 0 ties its ground truth (column 0) with column 1.
 TIED_3X3 = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
 
 # MSVD-style: 3 videos with 2, 3 and 1 captions; rows are texts, columns videos. No ties inside any t2v row.
@@ -62,12 +64,32 @@ def test_reference_3x3_albef_puts_the_later_tied_column_first():
     assert v2t["R@1"] == 100.0 and v2t["MdR"] is None and v2t["MnR"] is None
 
 
-def test_reference_3x3_tie_aware_halves_the_tie():
-    t2v = retrieval_metrics(TIED_3X3, [0, 1, 2])["t2v"]
-    # row 0: 0 strictly better + 1 tied other / 2 = 0.5 -> R@1 counts it (0.5 < 1)
+def test_reference_3x3_tie_aware_counts_the_tie_as_an_expected_half_hit():
+    result = retrieval_metrics(TIED_3X3, [0, 1, 2])
+    t2v = result["t2v"]
+    # row 0: b = 0 strictly better, m = 1 tied other -> rank b + m/2 = 0.5; R@1 hit clamp((1 - 0) / 2, 0, 1) = 0.5:
+    # a random tie-break puts the ground truth first half of the time. Rows 1, 2: b = m = 0 -> hit 1.
+    # Test vector A (metrics-reference §2.6 revised): R@1 = (0.5 + 1 + 1) / 3 = 83.33; R@5 = 100
     # MdR = np.median(0.5, 0, 0) + 1 = 1; MnR = (0.5 + 0 + 0) / 3 + 1 = 7/6
     np.testing.assert_allclose(t2v["ranks"], [0.5, 0.0, 0.0])
-    assert t2v["R@1"] == 100.0 and t2v["MdR"] == 1.0 and t2v["MnR"] == pytest.approx(7 / 6)
+    assert t2v["R@1"] == pytest.approx(250 / 3) and t2v["R@5"] == 100.0
+    assert t2v["MdR"] == 1.0 and t2v["MnR"] == pytest.approx(7 / 6)
+    # v2t reads the columns: column 1 is [1, 1, 0] with its ground truth (text 1) tied with text 0 -> the same
+    np.testing.assert_allclose(result["v2t"]["ranks"], [0.0, 0.5, 0.0])
+    assert result["v2t"]["R@1"] == pytest.approx(250 / 3)
+
+
+def test_tie_aware_hit_is_the_share_of_tied_positions_inside_k():
+    # Text 0's ground truth (video 0, 0.5) has b = 1 better (video 1, 0.9) and m = 3 tied (videos 2, 3, 4): it sits
+    # at position 1, 2, 3 or 4 with probability 1/4 each. Hit at k = clamp((k - 1) / 4, 0, 1):
+    # k = 1: 0, k = 2: 1/4, k = 3: 2/4, k = 4: 3/4, k = 5: 1. Texts 1-5 are alone at the top of their rows (hit 1).
+    sim = np.eye(6)
+    sim[0] = [0.5, 0.9, 0.5, 0.5, 0.5, 0.1]
+    t2v = retrieval_metrics(sim, range(6), ks=(1, 2, 3, 4, 5))["t2v"]
+    for k, hit in {1: 0.0, 2: 0.25, 3: 0.5, 4: 0.75, 5: 1.0}.items():
+        assert t2v[f"R@{k}"] == pytest.approx(100 * (hit + 5) / 6), k
+    # rank 1 + 3/2 = 2.5 -> MnR = 2.5 / 6 + 1; MdR = median(2.5, 0, 0, 0, 0, 0) + 1 = 1
+    assert t2v["ranks"][0] == 2.5 and t2v["MnR"] == pytest.approx(2.5 / 6 + 1) and t2v["MdR"] == 1.0
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
@@ -77,9 +99,9 @@ def test_all_equal_matrix(n):
     # every row puts all n positions 0..n-1 into ind: R@1 = n / n^2 = 100 / n, MnR = mean(0..n-1) + 1 = (n + 1) / 2
     assert clip4clip["R@1"] == pytest.approx(100 / n) and clip4clip["MnR"] == pytest.approx((n + 1) / 2)
     tie_aware = retrieval_metrics(sim, range(n))["t2v"]
-    # n - 1 tied others -> rank (n - 1) / 2 for every query: R@1 = 100 only while (n - 1) / 2 < 1
+    # n - 1 tied others -> rank (n - 1) / 2 for every query, and R@1 hit 1 / n each: R@1 = 100 / n, as CLIP4Clip
     np.testing.assert_allclose(tie_aware["ranks"], np.full(n, (n - 1) / 2))
-    assert tie_aware["R@1"] == (100.0 if n <= 2 else 0.0)
+    assert tie_aware["R@1"] == pytest.approx(100 / n) and tie_aware["R@5"] == 100.0
 
 
 def test_albef_all_equal_3x3_is_pessimistic_except_the_last_column():
@@ -155,11 +177,23 @@ def test_clip4clip_v2t_takes_the_best_caption_per_video_albef_counts_every_capti
 
 def test_tie_aware_v2t_counts_tied_own_captions_as_tied_others():
     # Video 0 has two captions tied at the top of its row: each has 0 better + 1 tied other / 2 = 0.5 (the
-    # Frozen-style "averaging" the reference names); the minimum over them is 0.5, still inside R@1.
+    # Frozen-style "averaging" the reference names) and R@1 hit 1/2 (§2.6 revised counts the other ground truth as
+    # a tied candidate like any other); the best of the two is 0.5 either way. Video 1: text 2 alone on top, hit 1.
+    # R@1 = (0.5 + 1) / 2 = 75
     sim = np.array([[0.9, 0.1], [0.9, 0.2], [0.3, 0.8]])
     v2t = retrieval_metrics(sim, [0, 0, 1])["v2t"]
     np.testing.assert_allclose(v2t["ranks"], [0.5, 0.0])
-    assert v2t["R@1"] == 100.0
+    assert v2t["R@1"] == 75.0
+
+
+def test_tie_aware_several_ground_truths_take_the_best_placed_one():
+    # Video 0's row over texts [0.9, 0.5, 0.7, 0.7]: its captions t1 (0.5: b = 3) and t2 (0.7: b = 1, tied with
+    # t3). The best is t2: rank 1 + 1/2 = 1.5, R@1 hit 0, R@2 hit clamp((2 - 1) / 2) = 0.5, R@3 hit 1.
+    # Video 1's row [1.0, 0.1, 0.2, 0.3]: its caption t0 alone on top -> hit 1 at every k.
+    sim = np.array([[0.9, 1.0], [0.5, 0.1], [0.7, 0.2], [0.7, 0.3]])
+    v2t = retrieval_metrics(sim, [1, 0, 0, 1], ks=(1, 2, 3))["v2t"]
+    np.testing.assert_allclose(v2t["ranks"], [1.5, 0.0])
+    assert (v2t["R@1"], v2t["R@2"], v2t["R@3"]) == (50.0, 75.0, 100.0)
 
 
 @pytest.mark.parametrize("compat", ["tie_aware", "clip4clip", "albef"])
@@ -308,6 +342,77 @@ def test_rerank_topk_scores_p_plus_s_inside_the_top_k_and_fills_the_rest():
     calls.clear()
     np.testing.assert_array_equal(rerank_topk(coarse, itm, k=2, pairs_per_call=3), scores)
     assert calls == [([0, 0], [1, 2]), ([1, 1], [2, 3])]  # whole queries per call, at most 3 pairs
+
+
+# The 4x4 example for ranks beyond k: texts are rows, text i's ground truth is video i; k = 2.
+BEYOND_K_COARSE = np.array(
+    [[0.05, 0.9, 0.5, 0.1],  # GT 0.05 is last by similarity, outside the top 2 (videos 1, 2)
+     [0.3, 0.8, 0.2, 0.1],  # top 2: videos 1 (GT), 0
+     [0.1, 0.2, 0.7, 0.6],  # top 2: videos 2 (GT), 3
+     [0.4, 0.3, 0.6, 0.5]],  # top 2: videos 2, 3 (GT)
+    dtype=np.float32)
+BEYOND_K_MATCH = {(0, 1): 0.5, (0, 2): 0.5, (1, 1): 0.2, (1, 0): 0.9, (2, 2): 0.5, (2, 3): 0.5, (3, 2): 0.1,
+                  (3, 3): 0.9}
+
+
+def beyond_k_itm(queries, candidates):
+    return np.array([BEYOND_K_MATCH[q, c] for q, c in zip(queries, candidates)])
+
+
+def test_tie_aware_keeps_the_coarse_order_beyond_the_re_ranked_top_k():
+    scores = rerank_topk(BEYOND_K_COARSE, beyond_k_itm, k=2, fill=rerank_fill("tie_aware"))
+    # re-ranked cells p + s; the others keep s, below every re-ranked one
+    np.testing.assert_allclose(scores, [[0.05, 1.4, 1.0, 0.1], [1.2, 1.0, 0.2, 0.1], [0.1, 0.2, 1.2, 1.1],
+                                        [0.4, 0.3, 0.7, 1.4]], rtol=1e-6)
+    t2v = retrieval_metrics(scores, range(4), ks=(1, 2, 3))["t2v"]
+    # t0: 2 re-ranked + video 3 (0.1 > 0.05) before it -> 3, its coarse rank. t1: the head demotes it below video 0
+    # (1.2 > 1.0) -> 1. t2: 1.2 > 1.1 -> 0. t3: the head promotes it over video 2 (1.4 > 0.7) -> 0.
+    np.testing.assert_array_equal(t2v["ranks"], [3, 1, 0, 0])
+    # R@1 = 2/4, R@2 = 3/4, R@3 = 3/4 (t0 only at k = 4); MdR = median(0, 0, 1, 3) + 1 = 1.5; MnR = 4/4 + 1 = 2
+    assert (t2v["R@1"], t2v["R@2"], t2v["R@3"]) == (50.0, 75.0, 75.0)
+    assert (t2v["MdR"], t2v["MnR"]) == (1.5, 2.0)
+    # With the reference -100 fill, t0 ties with video 3 below the top 2: rank 2 + 1/2 and an R@3 hit of 1/2
+    filled = retrieval_metrics(rerank_topk(BEYOND_K_COARSE, beyond_k_itm, k=2), range(4), ks=(3,))["t2v"]
+    assert filled["ranks"][0] == 2.5 and filled["R@3"] == pytest.approx(100 * 3.5 / 4)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tie_aware_ranks_beyond_k_are_the_coarse_ranks(seed):
+    # Random continuous scores (no ties): a ground truth outside its query's top k has exactly as many candidates
+    # before it as the coarse similarity gives it; one inside stays inside, wherever the head puts it.
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(-1, 1, (30, 30)).astype(np.float32)
+    p_match = rng.uniform(0, 1, (30, 30)).astype(np.float32)
+    k = 3
+    scores = rerank_topk(coarse, lambda q, c: p_match[q, c], k=k, fill=rerank_fill("tie_aware"))
+    result = retrieval_metrics(scores, range(30), ks=(1, 5, 10, 20))["t2v"]
+    coarse_rank = (coarse > np.diag(coarse)[:, None]).sum(axis=1)
+    outside = coarse_rank >= k
+    assert outside.sum() > 10  # the case under test is there
+    np.testing.assert_array_equal(result["ranks"][outside], coarse_rank[outside])
+    assert (result["ranks"][~outside] < k).all()
+    for cut in (5, 10, 20):  # beyond k the recall is the coarse recall
+        assert result[f"R@{cut}"] == pytest.approx(100 * np.mean(coarse_rank < cut))
+
+
+def test_rerank_fill_per_convention_and_its_guard():
+    assert rerank_fill("tie_aware") is None
+    assert rerank_fill("clip4clip") == rerank_fill("albef") == RERANK_FILL_VALUE == -100.0
+    with pytest.raises(ValueError, match="compat"):
+        rerank_fill("frozen")
+    # keeping the coarse scores below the re-ranked ones needs p >= 0; a logit could push a re-ranked one under
+    with pytest.raises(ValueError, match=">= 0"):
+        rerank_topk(BEYOND_K_COARSE, lambda q, c: np.full(len(c), -2.0), k=2, fill=None)
+
+
+def test_compat_modes_report_the_asked_cut_offs():
+    # albef on TIED_3X3: ranks [1, 0, 0] (see above) -> R@1 = 2/3, R@2 = 100
+    albef = retrieval_metrics(TIED_3X3, [0, 1, 2], compat="albef", ks=(1, 2))["t2v"]
+    assert albef["R@1"] == pytest.approx(200 / 3) and albef["R@2"] == 100.0 and "R@5" not in albef
+    # clip4clip: ind = [0, 1, 0, 0] -> R@2 = 4/4
+    assert retrieval_metrics(TIED_3X3, [0, 1, 2], compat="clip4clip", ks=(2,))["t2v"]["R@2"] == 100.0
+    with pytest.raises(ValueError, match="ks"):
+        retrieval_metrics(TIED_3X3, [0, 1, 2], ks=(0,))
 
 
 def test_rerank_topk_caps_k_at_the_number_of_candidates():

@@ -1,10 +1,15 @@
 """Stage `evaluate` on the tiny corpus's trained models: every output, each rank convention, dual softmax."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from stgt_model.metrics import retrieval_metrics
 from stgt_pipeline.components.evaluate import stage as evaluate
+from stgt_pipeline.scoring import encode_texts, encode_videos
+from stgt_pipeline.training import open_corpus, text_processor, trained_model
 from tests.stages.tiny_corpus import corpus, tiny_params, trained  # noqa: F401 - session fixtures
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -57,3 +62,24 @@ def test_evaluate_reports_the_chosen_convention_and_dual_softmax_beside_it(train
     assert {"t2v", "v2t"} <= set(retrieval["dual_softmax"])
     if compat == "albef":
         assert retrieval["v2t"]["MnR"] is None  # ALBEF/LAVIS report no mean rank
+
+
+def test_tie_aware_ranks_beyond_k_test_are_the_coarse_ranks(trained, tmp_path):
+    # k_test = 1: the matching head re-scores only each query's top candidate, and p_match + s cannot push it
+    # below the others, so every rank the stage reports must be the rank by the coarse similarity alone. With the
+    # reference -100 fill every query whose ground truth is not on top would tie with all the others instead.
+    _, out = run(trained, tmp_path, k_test=1)
+    t2v, v2t = pd.read_parquet(out / "ranks_t2v.parquet"), pd.read_parquet(out / "ranks_v2t.parquet")
+    params = tiny_params(tmp_path)
+    _, store = open_corpus(trained["dataset"], trained["features"])
+    model = trained_model(params.model, trained["retrieval"]).eval()
+    video_ids = list(v2t["video_id"])
+    with torch.no_grad():
+        _, video_feat = encode_videos(model, store, video_ids, 8)
+        _, _, text_feat = encode_texts(model, text_processor(params.model, params.evaluate.max_text_len),
+                                       list(t2v["text"]), 8)
+        coarse = model.similarity(video_feat, text_feat).T.numpy()
+    coarse_ranks = retrieval_metrics(coarse, [video_ids.index(v) for v in t2v["video_id"]])
+    assert (coarse_ranks["t2v"]["ranks"] >= 1).any()  # some ground truths lie beyond k_test
+    np.testing.assert_allclose(t2v["rank"], coarse_ranks["t2v"]["ranks"])
+    np.testing.assert_allclose(v2t["rank"], coarse_ranks["v2t"]["ranks"])

@@ -1,5 +1,6 @@
 """Stage `extract_frames` on a tiny manifest: moving-square clips made with PyAV plus unreadable ones (a copy of
-the shared corrupt mp4, a named pipe that never delivers)."""
+the shared corrupt mp4, a named pipe that never delivers); and on small synthetic corpora from the prepare stage,
+for the sampling of the temporal-order probe."""
 import json
 import os
 import shutil
@@ -10,13 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stgt_model.metrics import temporal_order_probe
 from stgt_model.video.decode import read_clip
 from stgt_pipeline.components.extract_frames import stage as extract_frames
+from stgt_pipeline.components.prepare import stage as prepare
 from stgt_pipeline.errors import StageFailed
-from stgt_pipeline.io.manifest import write_manifest
+from stgt_pipeline.io.manifest import read_manifest, write_manifest
 from stgt_pipeline.params import Params
 from stgt_pipeline.quality import gx
 from stgt_pipeline.quality.gx import SuiteResult
+from stgt_pipeline.sources import synthetic
 
 VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "real-media" / "videos"
 CORRUPT = VIDEOS / "edge_cases" / "decord_corrupted.mp4"
@@ -194,3 +198,134 @@ def test_blank_clip_is_quarantined_not_fatal(tmp_path):
     [entry] = json.loads((tmp_path / "frames" / "quarantine.json").read_text())
     assert entry["video_id"] == "w" and entry["reason"].startswith("blank clip")
     assert json.loads((tmp_path / "frames" / "frames_suite.json").read_text())["success"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the temporal-order probe: each test clip and its time-reversed twin (split `probe`) on mirrored frame indices
+
+PROBE_CORPUS = {"num_videos": 12, "frames_per_video": 8, "width": 48, "height": 48, "test_share": 0.5,
+                "val_share": 0.17}  # 4 train (+ 4 train twins), 2 val, 6 test (+ 6 probe twins)
+
+
+def synthetic_frames(root: Path) -> tuple[Path, Path]:
+    """prepare (synthetic) then extract_frames, both as the pipeline runs them -> (dataset, frames)."""
+    cfg = Params.model_validate({"prepare": PROBE_CORPUS, "extract_frames": params().extract_frames.model_dump()})
+    prepare.run(cfg, {}, {"dataset": root / "prepared"})
+    run(cfg, root / "prepared", root / "frames")
+    return root / "prepared", root / "frames"
+
+
+def stored(frames_dir: Path, index: pd.DataFrame, video_id: str) -> np.ndarray:
+    row = index.loc[video_id]
+    return np.load(frames_dir / row["shard"], mmap_mode="r")[row["offset"]]
+
+
+@pytest.fixture(scope="module")
+def probe_corpus(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, Path, Path]:
+    dataset, frames = synthetic_frames(tmp_path_factory.mktemp("probe-corpus"))
+    manifest = read_manifest(dataset)
+    return manifest.table.set_index("video_id"), pd.read_parquet(frames / "index.parquet").set_index("video_id"), \
+        dataset, frames
+
+
+def test_probe_twins_are_sampled_on_the_mirror_of_their_clip_and_every_other_clip_as_before(probe_corpus):
+    table, index, dataset, frames = probe_corpus
+    cfg = params().extract_frames
+    assert set(index.index) == set(table.index)  # every clip extracted
+    assert sorted(table["split"].unique()) == ["probe", "test", "train", "val"]
+    for video_id, row in table.iterrows():
+        entry = index.loc[video_id]
+        if row["split"] == "probe":
+            clip = index.loc[row["twin_id"]]
+            assert (entry["sampling"], entry["mirror_of"]) == ("mirrored_uniform", row["twin_id"])
+            # Twin frame j is clip frame N - 1 - j: the twin takes N - 1 - i for each clip index i, in reverse.
+            n = clip["frame_count"]
+            assert entry["frame_count"] == n
+            mirror = [n - 1 - i for i in reversed(clip["frame_indices"].tolist())]
+            assert entry["frame_indices"].tolist() == mirror
+            # and the stored pictures are the twin file's at those indices (every frame decoded, then picked)
+            every_frame = read_clip(dataset / row["path"], n, SIZE, "uniform").frames
+            assert np.array_equal(stored(frames, index, video_id), every_frame[mirror])
+        else:
+            # Byte-identical to the sampling before mirrored probes existed: the split's mode, the clip's own seed.
+            mode = cfg.train_sampling if row["split"] == "train" else cfg.eval_sampling
+            rng = np.random.default_rng(list(extract_frames.video_seed(cfg.seed, video_id)))
+            expected = read_clip(dataset / row["path"], T, SIZE, mode, rng)
+            assert entry["sampling"] == mode and pd.isna(entry["mirror_of"])
+            assert entry["frame_indices"].tolist() == expected.indices
+            assert np.array_equal(stored(frames, index, video_id), expected.frames)
+
+
+def test_probe_twin_shows_the_clips_pictures_up_to_codec_noise(probe_corpus):
+    # The default corpus is lossy H.264 (crf 18), and the twin is encoded on its own: its pictures of the clip's
+    # moments differ from the clip's by codec noise only. Sampled with its own `uniform`, the twin shows other
+    # moments (clip frames 7, 5, 3, 1 against 0, 2, 4, 6), which differ by content.
+    table, index, dataset, frames = probe_corpus
+    mirrored_gap, own_mode_gap = [], []
+    for clip_id, twin_id in table.loc[table["split"] == "test", "twin_id"].items():
+        clip = stored(frames, index, clip_id).astype(int)
+        twin_own_mode = read_clip(dataset / table.loc[twin_id, "path"], T, SIZE, "uniform").frames
+        mirrored_gap.append(np.abs(clip - stored(frames, index, twin_id)[::-1]).mean())
+        own_mode_gap.append(np.abs(clip - twin_own_mode[::-1].astype(int)).mean())
+    assert np.mean(mirrored_gap) < np.mean(own_mode_gap) / 2
+
+
+def order_blind_pair_scores(views: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """[P, 2, 2] pair scores of a frame-order-blind scorer that has memorised the test set: a video is its mean
+    colour over frames (the same for any order of the frames), a caption is the mean colour of its own video's
+    frames, the score is minus their distance. It passes a pair as soon as the two views differ at all, so it is
+    the strongest such scorer: 0 for it means 0 for any scorer that ignores frame order. (Means of uint8 values
+    are exact in float64, whatever the order they are summed in.)"""
+    colours = np.array([[frames.mean(axis=(0, 1, 2)) for frames in pair] for pair in views])  # [P, 2 videos, 3]
+    return -np.linalg.norm(colours[:, :, None] - colours[:, None, :], axis=-1)  # [pair, video, caption]
+
+
+def test_a_frame_order_blind_scorer_gets_zero_on_the_probe(tmp_path, monkeypatch):
+    # Real synthetic clips, decoded by the stage, but encoded losslessly (qp 0; the twin is its clip's frames in
+    # reverse, so its decoded pixels are too): with mirrored sampling the twin's frames are then exactly the clip's
+    # in reverse, every order-blind score ties and a tie fails. The same scorer on the twin sampled with its own
+    # mode (today's sampling before the mirror) sees other moments and passes most pairs.
+    lossless = {key: value for key, value in synthetic.X264_OPTIONS.items() if key != "crf"} | {"qp": "0"}
+    monkeypatch.setattr(synthetic, "X264_OPTIONS", lossless)
+    dataset, frames = synthetic_frames(tmp_path)
+    table = read_manifest(dataset).table.set_index("video_id")
+    index = pd.read_parquet(frames / "index.parquet").set_index("video_id")
+    pairs = list(table.loc[table["split"] == "test", "twin_id"].items())
+    mirrored = [(stored(frames, index, clip), stored(frames, index, twin)) for clip, twin in pairs]
+    assert all(np.array_equal(clip, twin[::-1]) for clip, twin in mirrored)
+    assert temporal_order_probe(order_blind_pair_scores(mirrored))["pair_accuracy"] == 0.0
+    own_mode = [(clip, read_clip(dataset / table.loc[twin_id, "path"], T, SIZE, "uniform").frames)
+                for (clip, _), (_, twin_id) in zip(mirrored, pairs)]
+    assert temporal_order_probe(order_blind_pair_scores(own_mode))["pair_accuracy"] > 50
+
+
+def test_clip_requests_mirror_only_probe_twins():
+    # A train twin is a hard negative, not a probe: it keeps train sampling and its own seed. A probe row without
+    # a twin has nothing to mirror.
+    rows = [manifest_row("c", "test", "c.mp4") | {"twin_id": "c_rev"},
+            manifest_row("c_rev", "probe", "c_rev.mp4") | {"twin_id": "c"},
+            manifest_row("t", "train", "t.mp4") | {"twin_id": "t_rev"},
+            manifest_row("t_rev", "train", "t_rev.mp4") | {"twin_id": "t"},
+            manifest_row("o", "probe", "o.mp4")]
+    table = pd.DataFrame(rows)
+    assert extract_frames.mirror_sources(table) == {"c_rev": "c"}
+    cfg = params(train_sampling="random", eval_sampling="middle").extract_frames
+    requests = {r.key: r for r in extract_frames.clip_requests(ManifestStub(table), cfg)}
+    assert (requests["c_rev"].mode, requests["c_rev"].seed) == ("mirrored_middle", requests["c"].seed)
+    assert (requests["c"].mode, requests["o"].mode) == ("middle", "middle")
+    assert (requests["t_rev"].mode, requests["t_rev"].seed) == ("random", extract_frames.video_seed(0, "t_rev"))
+    assert requests["c_rev"].seed != extract_frames.video_seed(0, "c_rev")
+    # Kubeflow shards the manifest in contiguous blocks and may cut between a clip and its twin: the twin's
+    # request must not depend on its clip's row being in the same block.
+    alone = {r.key: r for r in extract_frames.clip_requests(ManifestStub(table.iloc[1:2]), cfg)}
+    assert alone["c_rev"] == requests["c_rev"]
+
+
+class ManifestStub:
+    """What clip_requests reads of a Manifest: its table and where a row's video lies."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.table = table
+
+    def video_path(self, row: pd.Series) -> Path:
+        return Path("/videos") / row["path"]

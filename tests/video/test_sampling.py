@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from stgt_model.video.sampling import sample_indices
+from stgt_model.video.sampling import BASE_MODES, MODES, mirror_indices, mirrored, sample_indices
 
 
 def rng(seed=0):
@@ -70,7 +70,7 @@ def test_eval_modes_ignore_the_generator(mode):
     assert sample_indices(37, 8, mode, rng(1)) == sample_indices(37, 8, mode, rng(2)) == sample_indices(37, 8, mode)
 
 
-@pytest.mark.parametrize("mode", ["uniform", "middle", "headtail", "random"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("available", [1, 2, 7, 8, 9, 100, 1001])
 def test_always_t_sorted_indices_in_range(mode, available):
     out = sample_indices(available, 8, mode, rng(available))
@@ -82,7 +82,45 @@ def test_always_t_sorted_indices_in_range(mode, available):
     ((10, 0, "uniform"), "at least 1"),
     ((10, 8, "sideways"), "unknown sampling mode"),
     ((10, 8, "headtail"), "needs a numpy Generator"),
+    ((10, 8, "mirrored_random"), "needs a numpy Generator"),
+    ((10, 8, "mirrored_mirrored_uniform"), "unknown sampling mode"),
 ])
 def test_bad_arguments_are_refused(args, message):
     with pytest.raises(ValueError, match=message):
         sample_indices(*args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mirrored modes: a time-reversed twin sampled at its clip's moments
+
+
+def test_mirrored_uniform_takes_the_last_frame_of_each_segment():
+    # uniform on 16 frames is [0, 2, ..., 14]; mirrored: 15 - i in reverse order -> [1, 3, ..., 15]. (uniform on
+    # the twin itself, [0, 2, ..., 14], would be clip moments 15, 13, ..., 1: not one the clip's sample shows.)
+    assert sample_indices(16, 8, "mirrored_uniform") == [1, 3, 5, 7, 9, 11, 13, 15]
+    # uniform on 10 frames, T=4 is [0, 2, 5, 7]; mirrored: [9 - 7, 9 - 5, 9 - 2, 9 - 0]
+    assert sample_indices(10, 4, "mirrored_uniform") == [2, 4, 7, 9]
+    # middle on 10 frames, T=4 is [1, 3, 6, 8]; mirrored: [1, 3, 6, 8] again (this one happens to be symmetric)
+    assert sample_indices(10, 4, "mirrored_middle") == [1, 3, 6, 8]
+
+
+def test_mirrored_short_clip_is_padded_at_the_front():
+    # uniform on 3 frames for T=8 is [0, 1, 2, 2, 2, 2, 2, 2]: the mirror repeats the first index instead
+    assert sample_indices(3, 8, "mirrored_uniform") == [0, 0, 0, 0, 0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("mode", BASE_MODES)
+@pytest.mark.parametrize("available", [1, 3, 8, 10, 24, 37, 300])
+def test_twin_sampled_mirrored_shows_the_clips_moments_in_reverse(mode, available):
+    # Twin frame j is clip frame available - 1 - j. Sampled with the mirrored mode and the same seed, the twin's
+    # frames are the clip's frames read backwards: exactly what a frame-order-blind model must not tell apart.
+    clip = sample_indices(available, 8, mode, rng(7))
+    twin = sample_indices(available, 8, mirrored(mode), rng(7))
+    assert [available - 1 - j for j in twin] == clip[::-1]
+
+
+def test_mirror_helpers():
+    assert mirror_indices([0, 2, 5, 7], 10) == [2, 4, 7, 9]
+    assert mirrored("headtail") == "mirrored_headtail"
+    with pytest.raises(ValueError, match="base sampling mode"):
+        mirrored("mirrored_uniform")
