@@ -7,7 +7,8 @@ ground truths. Ranks are 0-based; R@k is a percentage, MdR/MnR are 1-based. Thre
 - "tie_aware" (§2.6 revised, the default): the expected result under random tie-breaking. For each (query, ground
   truth) pair with b candidates strictly better and m others tied with it, rank = b + m / 2 and its R@k hit is
   clamp((k - b) / (m + 1), 0, 1) (a ground truth tied with one other at the top counts 0.5 toward R@1); a query
-  with several ground truths takes the best of them (minimum rank, maximum hit).
+  with several ground truths takes the best of them, and ground truths tied with it do not count against it (the
+  same expectation taken over the whole tie group: `_expected_hit`).
   MdR = np.median(rank) + 1, MnR = mean(rank) + 1.
 - "clip4clip" (§2.1): CLIP4Clip's `compute_metrics` when every video has exactly one caption, else its
   multi-sentence path (-inf padded [V, C_max, V] tensor; t2v by double argsort, v2t by max over caption groups).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
+from math import comb
 from typing import Any, Literal
 
 import numpy as np
@@ -121,33 +123,37 @@ def _summary(ranks: np.ndarray, median_rank: float | None, mean_rank: float | No
 # Retrieval: tie-aware (metrics-reference §2.6, revised)
 
 
-def _best_tie_counts(sim: np.ndarray, ground_truths: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per query (row q of `sim`), for its best-placed ground truth: the candidates strictly better and the other
-    candidates tied with it (its own other ground truths included: they take a place in the order too). Any other
-    ground truth either ties with that one (the same counts) or lies below its whole tie group, so the best one
-    has the lowest rank and the highest expected hit at every k."""
+def _best_tie_counts(sim: np.ndarray, ground_truths: Sequence[np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query (row q of `sim`), around its best-placed ground truth: the candidates strictly better (b), the
+    other candidates tied with it (m) and the ground truths tied with it, itself included (g). No ground truth is
+    better than the best one, and one below its tie group cannot come first, so these counts decide the query."""
     if np.isnan(sim).any():
         raise ValueError("similarities contain NaN: a NaN ground truth has no rank")
     sorted_rows = np.sort(sim, axis=1)  # ascending; binary search then counts better and tied candidates
-    better = np.empty(len(ground_truths))
-    tied = np.empty(len(ground_truths))
+    better, tied, own = (np.empty(len(ground_truths)) for _ in range(3))
     for query, candidates in enumerate(ground_truths):
         best_score = np.max(sim[query, candidates])
         below = np.searchsorted(sorted_rows[query], best_score, side="left")
         not_above = np.searchsorted(sorted_rows[query], best_score, side="right")
-        better[query], tied[query] = sim.shape[1] - not_above, not_above - below - 1
-    return better, tied
+        own[query] = np.count_nonzero(sim[query, candidates] == best_score)
+        better[query], tied[query] = sim.shape[1] - not_above, not_above - below - own[query]
+    return better, tied, own
 
 
-def _expected_hit(better: np.ndarray, tied_others: np.ndarray, k: int) -> np.ndarray:
-    """P(position < k) for a ground truth placed uniformly at random among its m + 1 tied positions b .. b + m:
-    clamp((k - b) / (m + 1), 0, 1)."""
-    return np.clip((k - better) / (tied_others + 1), 0.0, 1.0)
+def _expected_hit(better: np.ndarray, tied: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """P(a ground truth lands before position k) when the tie group (m other candidates, g ground truths) is put in
+    random order after the b better ones: 1 - C(m, r) / C(m + g, r) for r = k - b free places, which is §2.6's
+    clamp((k - b) / (m + 1), 0, 1) for one ground truth. Ground truths tied with each other do not push each other
+    down: one of them certainly takes the first of their places."""
+    free = np.clip(k - better, 0, None).astype(int)
+    return np.array([1.0 - comb(int(m), r) / comb(int(m + g), r) if r <= m + g else 1.0
+                     for r, m, g in zip(free, tied, own)])
 
 
-def _tie_aware_summary(better: np.ndarray, tied: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:
-    ranks = better + tied / 2
-    recalls = {f"R@{k}": 100.0 * float(np.mean(_expected_hit(better, tied, k))) for k in ks}
+def _tie_aware_summary(better: np.ndarray, tied: np.ndarray, own: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:
+    ranks = better + tied / (own + 1)  # the first ground truth's expected position: b + m / 2 for one of them
+    recalls = {f"R@{k}": 100.0 * float(np.mean(_expected_hit(better, tied, own, k))) for k in ks}
     return {**recalls, "MdR": float(np.median(ranks)) + 1, "MnR": float(np.mean(ranks)) + 1,
             "num_queries": len(ranks), "ranks": ranks}
 

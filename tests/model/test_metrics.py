@@ -175,15 +175,24 @@ def test_clip4clip_v2t_takes_the_best_caption_per_video_albef_counts_every_capti
     assert clip4clip["t2v"]["R@1"] == float(np.float32(100 / 6)) != 100 / 6
 
 
-def test_tie_aware_v2t_counts_tied_own_captions_as_tied_others():
-    # Video 0 has two captions tied at the top of its row: each has 0 better + 1 tied other / 2 = 0.5 (the
-    # Frozen-style "averaging" the reference names) and R@1 hit 1/2 (§2.6 revised counts the other ground truth as
-    # a tied candidate like any other); the best of the two is 0.5 either way. Video 1: text 2 alone on top, hit 1.
-    # R@1 = (0.5 + 1) / 2 = 75
+def test_tie_aware_v2t_own_captions_tied_at_the_top_do_not_push_each_other_down():
+    # Video 0 has two captions tied at the top of its row (b = 0, no other candidate tied, g = 2): whichever order
+    # the tie is broken in, one of its own captions comes first -> rank 0, R@1 hit 1. Video 1: text 2 alone on top.
     sim = np.array([[0.9, 0.1], [0.9, 0.2], [0.3, 0.8]])
     v2t = retrieval_metrics(sim, [0, 0, 1])["v2t"]
-    np.testing.assert_allclose(v2t["ranks"], [0.5, 0.0])
-    assert v2t["R@1"] == 75.0
+    np.testing.assert_allclose(v2t["ranks"], [0.0, 0.0])
+    assert v2t["R@1"] == 100.0
+
+
+def test_tie_aware_two_own_captions_tied_with_a_negative_share_the_expectation():
+    # Video 0's row over texts [0.9 (own), 0.9 (own), 0.9 (video 1's), 0.1 (video 1's)]: a tie group of g = 2 ground
+    # truths and m = 1 other at the top. In a random order of the three, an own caption is first with probability
+    # 1 - C(1, 1) / C(3, 1) = 2/3 (R@1), certainly within two (R@2 = 1); the first own caption's expected position
+    # is m / (g + 1) = 1/3.
+    sim = np.array([[0.9, 0.0], [0.9, 0.0], [0.9, 1.0], [0.1, 0.8]])
+    v2t = retrieval_metrics(sim, [0, 0, 1, 1], ks=(1, 2))["v2t"]
+    np.testing.assert_allclose(v2t["ranks"], [1 / 3, 0.0])
+    np.testing.assert_allclose((v2t["R@1"], v2t["R@2"]), ((2 / 3 + 1) / 2 * 100, 100.0))
 
 
 def test_tie_aware_several_ground_truths_take_the_best_placed_one():

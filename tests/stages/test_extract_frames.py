@@ -280,13 +280,11 @@ def order_blind_pair_scores(views: list[tuple[np.ndarray, np.ndarray]]) -> np.nd
     return -np.linalg.norm(colours[:, :, None] - colours[:, None, :], axis=-1)  # [pair, video, caption]
 
 
-def test_a_frame_order_blind_scorer_gets_zero_on_the_probe(tmp_path, monkeypatch):
-    # Real synthetic clips, decoded by the stage, but encoded losslessly (qp 0; the twin is its clip's frames in
+def test_a_frame_order_blind_scorer_gets_zero_on_the_probe(tmp_path):
+    # Real synthetic clips, decoded by the stage. They are encoded losslessly (the twin is its clip's frames in
     # reverse, so its decoded pixels are too): with mirrored sampling the twin's frames are then exactly the clip's
     # in reverse, every order-blind score ties and a tie fails. The same scorer on the twin sampled with its own
     # mode (today's sampling before the mirror) sees other moments and passes most pairs.
-    lossless = {key: value for key, value in synthetic.X264_OPTIONS.items() if key != "crf"} | {"qp": "0"}
-    monkeypatch.setattr(synthetic, "X264_OPTIONS", lossless)
     dataset, frames = synthetic_frames(tmp_path)
     table = read_manifest(dataset).table.set_index("video_id")
     index = pd.read_parquet(frames / "index.parquet").set_index("video_id")
