@@ -20,7 +20,6 @@ from stgt_pipeline.io.manifest import read_manifest, write_manifest
 from stgt_pipeline.params import Params
 from stgt_pipeline.quality import gx
 from stgt_pipeline.quality.gx import SuiteResult
-from stgt_pipeline.sources import synthetic
 
 VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "real-media" / "videos"
 CORRUPT = VIDEOS / "edge_cases" / "decord_corrupted.mp4"
