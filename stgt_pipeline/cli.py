@@ -11,6 +11,7 @@ from pathlib import Path
 
 from stgt_pipeline import stages
 from stgt_pipeline.errors import StgtError
+from stgt_pipeline.params import DEFAULT_PARAMS, check_params_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -18,7 +19,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 def _add_stage_parser(sub: argparse._SubParsersAction, stage: stages.Stage) -> None:
     p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="params file (default: %(default)s)")
+    p.add_argument("--params", default=str(DEFAULT_PARAMS), metavar="FILE",
+                   help="params file; one named here must exist (default: %(default)s, built-in defaults if absent)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -84,6 +86,20 @@ def _outputs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_params_option(args: argparse.Namespace) -> None:
+    """Before a command runs: a --params file the user named must exist (a typo would otherwise run the built-in
+    defaults and replace outputs). The default params.yaml may be absent: the built-in defaults, said out loud, so
+    that a command run in the wrong folder shows it."""
+    given = getattr(args, "params", None)
+    if given is None:
+        return
+    if Path(given) == DEFAULT_PARAMS and not DEFAULT_PARAMS.exists():
+        print(f"note: no {DEFAULT_PARAMS} in {Path.cwd()}: using the built-in defaults (stgt_pipeline/params.py)",
+              file=sys.stderr)
+        return
+    check_params_file(given)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stgt",
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_params_option(args)
         return args.func(args)
     except StgtError as exc:
         lines = str(exc).splitlines() or ["error"]
