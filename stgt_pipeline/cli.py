@@ -5,8 +5,10 @@ User mistakes (bad params, missing inputs, malformed files) print one readable l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from stgt_pipeline import stages
@@ -15,6 +17,9 @@ from stgt_pipeline.params import DEFAULT_PARAMS, check_params_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+# Stages that resume from checkpoints in `<output>.work/` (stgt_pipeline.training.open_work_dir): they take --restart.
+RESUMABLE_STAGES = ("pretrain", "finetune")
 
 
 def _add_stage_parser(sub: argparse._SubParsersAction, stage: stages.Stage) -> None:
@@ -36,6 +41,10 @@ def _add_stage_parser(sub: argparse._SubParsersAction, stage: stages.Stage) -> N
         p.add_argument(f"--{key.replace('_', '-')}", dest=f"out_{key}", default=default, metavar="PATH",
                        help=f"output '{key}' (default: %(default)s)")
     p.add_argument("--metrics", default=stage.metrics, metavar="FILE", help="JSON summary of the run (default: %(default)s)")
+    if stage.name in RESUMABLE_STAGES:
+        p.add_argument("--restart", action="store_true",
+                       help="delete the unfinished run's checkpoints (<output>.work/) and start over instead of "
+                            f"resuming; under dvc: STGT_RESTART=1 dvc repro {stage.name}")
     p.set_defaults(func=_run_stage_command, stage=stage)
 
 
@@ -43,17 +52,37 @@ def _run_stage_command(args: argparse.Namespace) -> int:
     from stgt_pipeline.runner import run_stage
 
     stage: stages.Stage = args.stage
-    summary = run_stage(
-        stage.name,
-        params_path=args.params,
-        overrides=args.overrides,
-        inputs={k: getattr(args, f"in_{k}") for k in stage.inputs},
-        outputs={k: getattr(args, f"out_{k}") for k in stage.outputs},
-        metrics_path=args.metrics,
-    )
+    with _restart_env(getattr(args, "restart", False)):
+        summary = run_stage(
+            stage.name,
+            params_path=args.params,
+            overrides=args.overrides,
+            inputs={k: getattr(args, f"in_{k}") for k in stage.inputs},
+            outputs={k: getattr(args, f"out_{k}") for k in stage.outputs},
+            metrics_path=args.metrics,
+        )
     outs = ", ".join(str(getattr(args, f"out_{k}")) for k in stage.outputs)
     print(f"{stage.name}: done in {summary['seconds']:.1f}s -> {outs} (summary: {args.metrics})")
     return 0
+
+
+@contextlib.contextmanager
+def _restart_env(restart: bool) -> Iterator[None]:
+    """--restart is STGT_RESTART=1 for this command (the form dvc users set), put back after it."""
+    if not restart:
+        yield
+        return
+    from stgt_pipeline.training import RESTART_ENV  # torch: only when a training stage runs
+
+    before = os.environ.get(RESTART_ENV)
+    os.environ[RESTART_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[RESTART_ENV]
+        else:
+            os.environ[RESTART_ENV] = before
 
 
 def _dvc_yaml_command(args: argparse.Namespace) -> int:

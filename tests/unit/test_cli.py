@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from stgt_pipeline import stages
-from stgt_pipeline.cli import build_parser, main
+from stgt_pipeline.cli import RESUMABLE_STAGES, build_parser, main
 
 
 def _option_actions(parser):
@@ -101,3 +101,18 @@ def test_configuration_errors_from_the_library_become_one_line(tmp_path, monkeyp
     assert main(["prepare"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: prepare: 6 training samples make no full step of batch 16"
+
+
+def test_restart_is_offered_by_exactly_the_stages_that_resume_from_a_work_folder(capsys):
+    from tests.conftest import REPO_ROOT
+
+    resumable = {s.name for s in stages.STAGES
+                 if "open_work_dir(" in (REPO_ROOT / "components" / s.name / "stage.py").read_text()}
+    assert resumable == set(RESUMABLE_STAGES)
+    for stage in stages.STAGES:
+        with pytest.raises(SystemExit):
+            main([stage.name, "--help"])
+        shown = capsys.readouterr().out
+        assert ("--restart" in shown) == (stage.name in resumable), stage.name
+        if stage.name in resumable:
+            assert f"STGT_RESTART=1 dvc repro {stage.name}" in " ".join(shown.split())
