@@ -184,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from stgt_pipeline.tracking import runs
+
+        if not runs.is_tracking_failure(exc):  # a bug: its traceback is what to read
+            raise
+        print(f"error: {runs.tracking_error(exc, runs.tracking_uri())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
