@@ -549,7 +549,8 @@ def _create_stage_run(client: MlflowClient, uri: str, stage: Stage, pipeline_tag
 def _open_stage_run(client: MlflowClient, uri: str, stage: Stage, params: Params,
                     inputs: Mapping[str, Path]) -> tuple[MlflowTracker, Parent | None]:
     """Create (or join) the stage's run and its parent, start it as the fluent run, log params and datasets.
-    Raises TrackingError, the fluent run ended again, when the server fails: the stage has not run."""
+    When the server fails, raises TrackingError (having ended the fluent run if it had started): the stage has
+    not run."""
     import mlflow
 
     with failures_as_one_line(uri, f"{stage.name} did not run"):
