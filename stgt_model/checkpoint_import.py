@@ -175,6 +175,9 @@ SKIPPED_OFFICIAL_KEYS: dict[str, str] = {
 # Ours, absent from official files by design (§6.3): the frozen ViT comes from its own weights; the frozen
 # 2D position table is never saved.
 EXPECTED_MISSING_PREFIXES: tuple[str, ...] = ("backbone.", "graph_cross_model.pos_2D_embed")
+# Below this share of the weights a checkpoint should provide, an import is refused: a file of another model (or
+# of something else) maps little or nothing, and an output left mostly at random init would pass for a real one.
+DEFAULT_MIN_SHARE = 0.5
 
 
 def map_official_key(key: str) -> str | None:
@@ -195,10 +198,18 @@ class ImportReport:
     expected_missing: list[str] = field(default_factory=list)  # ours, absent from official files by design
     unexpected: list[str] = field(default_factory=list)  # official keys with no place in our model
     skipped: dict[str, str] = field(default_factory=dict)  # official key -> why it is dropped on purpose
+    mapped_weights: int = 0  # elements in the mapped tensors
+    importable_weights: int = 0  # elements in every tensor of ours the checkpoint should provide (not expected-missing)
+
+    @property
+    def share(self) -> float:
+        """The share of the weights the checkpoint should provide that it did provide."""
+        return self.mapped_weights / self.importable_weights if self.importable_weights else 0.0
 
     def summary(self) -> str:
         return (
-            f"mapped {len(self.mapped)} tensors, missing {len(self.missing)}, "
+            f"mapped {len(self.mapped)} tensors ({self.share:.1%} of the weights it should provide), "
+            f"missing {len(self.missing)}, "
             f"expected-missing {len(self.expected_missing)} (frozen backbone, pos_2D_embed), "
             f"unexpected {len(self.unexpected)}, skipped {len(self.skipped)}"
         )
@@ -229,23 +240,47 @@ def map_state_dict(official: dict[str, Tensor], expected: dict[str, Tensor]) -> 
         raise CheckpointImportError(
             f"{len(mismatched)} tensors do not fit the model config, e.g. {'; '.join(mismatched[:3])}"
         )
-    for key in expected:
-        if key in tensors:
-            continue
-        if key.startswith(EXPECTED_MISSING_PREFIXES):
+    for key, value in expected.items():
+        if key.startswith(EXPECTED_MISSING_PREFIXES) and key not in tensors:
             report.expected_missing.append(key)
+            continue
+        report.importable_weights += value.numel()
+        if key in tensors:
+            report.mapped_weights += value.numel()
         else:
             report.missing.append(key)
     return tensors, report
 
 
+def check_coverage(report: ImportReport, min_share: float, source: str | Path) -> None:
+    """Refuse an import that maps nothing, or less than `min_share` of the weights the checkpoint should provide."""
+    expected = len(report.mapped) + len(report.missing)
+    unexpected = f"{len(report.unexpected)} unexpected keys"
+    if report.unexpected:
+        unexpected += f", e.g. {', '.join(report.unexpected[:3])}"
+    if not report.mapped:
+        raise CheckpointImportError(
+            f"{source}: maps none of the {expected} tensors the model expects ({unexpected}): "
+            "is it a checkpoint of this model (--preset, --set)?"
+        )
+    if report.share < min_share:
+        raise CheckpointImportError(
+            f"{source}: maps {len(report.mapped)} of the {expected} tensors the model expects, {report.share:.1%} of "
+            f"their weights, below the {min_share:.0%} required ({unexpected}): for a partial import lower --min-share"
+        )
+
+
 def import_checkpoint(
-    src_path: str | Path, dst_path: str | Path, model_config: ModelConfig | str | dict[str, Any] = "paper"
+    src_path: str | Path,
+    dst_path: str | Path,
+    model_config: ModelConfig | str | dict[str, Any] = "paper",
+    min_share: float = DEFAULT_MIN_SHARE,
 ) -> ImportReport:
     """Read an official checkpoint, map it onto the model built from `model_config`, write safetensors.
 
     The output holds only the mapped tensors (load it with strict=False: the backbone comes from its own weights).
     Its metadata records the source, our model config and the official run config (§3.1: the recipe lives there).
+    Nothing is written when the checkpoint maps no tensor, or less than `min_share` of the weights it should provide.
     """
     cfg = resolve_model_config(model_config)
     checkpoint = read_official_checkpoint(src_path)
@@ -255,6 +290,7 @@ def import_checkpoint(
     official = {key: value for key, value in official.items() if isinstance(value, Tensor)}
     expected = create_model(cfg, device="meta").state_dict()  # shapes only, no weights
     tensors, report = map_state_dict(official, expected)
+    check_coverage(report, min_share, src_path)
     metadata = {
         "source": str(src_path),
         "model_config": cfg.model_dump_json(),
@@ -270,6 +306,13 @@ def import_checkpoint(
 
 # ---------------------------------------------------------------------------------------------------------------
 # CLI
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,10 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="model config override, e.g. --set stgt.num_frames=8 (repeatable)",
     )
+    parser.add_argument(
+        "--min-share",
+        type=fraction,
+        default=DEFAULT_MIN_SHARE,
+        metavar="FRACTION",
+        help="refuse the import when the mapped tensors hold less than this share of the weights the checkpoint "
+        "should provide (default: %(default)s); lower it for a partial import, e.g. only the Q-Former. An import "
+        "that maps no tensor is always refused",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = preset_config(args.preset, parse_dotted_overrides(args.overrides))
-        report = import_checkpoint(args.path, args.out, cfg)
+        report = import_checkpoint(args.path, args.out, cfg, min_share=args.min_share)
     except (CheckpointImportError, ValueError, OSError) as exc:
         print(f"stgt import-checkpoint: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1

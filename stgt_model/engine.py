@@ -10,16 +10,22 @@ deterministic CPU settings: `deterministic=True`, the same thread count, `num_wo
 randomness does not live in the workers). The LR schedule is a pure function of the step, so it has no state.
 
 Layout of `out_dir/checkpoints/`: `step-0000400.pt` files (the newest `keep_last`) and `latest`, a text file naming
-the newest one. Each file is written to `<name>.tmp`, fsynced, then renamed, so a kill never leaves a partial one.
+the newest one. Each file is written to `<name>.tmp`, fsynced, then renamed, so a kill never leaves a partial one;
+a file damaged later (a full disk, a copy cut short) is skipped with a warning, and the run resumes from the one
+before it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import logging
 import math
 import os
+import pickle
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -41,8 +47,21 @@ LossFn = Callable[[nn.Module, Any], Mapping[str, Tensor]]
 LogFn = Callable[[int, dict[str, float]], None]
 
 
+log = logging.getLogger(__name__)
+
+
 class TooFewSamples(ConfigurationError):
     """The dataset cannot fill one optimizer step: a configuration problem, not a bug."""
+
+
+class CheckpointMismatch(ConfigurationError):
+    """`out_dir` holds an unfinished run with other settings (or another world size): resuming would mix two runs."""
+
+    def __init__(self, ckpt_dir: Path, detail: str) -> None:
+        super().__init__(f"{ckpt_dir} holds a run with other settings ({detail}): resume it with the same settings, "
+                         "or delete it (or train into another out_dir) to start over")
+        self.ckpt_dir = ckpt_dir
+        self.detail = detail
 
 
 # Fields a resumed run may change: they do not alter the training trajectory.
@@ -168,17 +187,16 @@ def _train(
         )
         return iter(loader)
 
-    # Resume from the latest checkpoint, or start fresh.
+    # Resume from the latest readable checkpoint, or start fresh.
     step, epoch, step_in_epoch, losses = 0, 0, 0, {}
-    latest = _latest_checkpoint(ckpt_dir)
+    latest, ckpt = _latest_checkpoint(ckpt_dir, warn=rank == 0)
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(ckpt_dir, latest)
     if latest is None:
         _seed_everything(cfg.seed + rank)
     else:
-        ckpt = torch.load(latest, map_location="cpu", weights_only=True)
-        _check_resumable(ckpt, cfg, world)
+        _check_resumable(ckpt, cfg, world, ckpt_dir)
         _load_model_state(model, ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -311,9 +329,40 @@ def _checkpoint_path(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / f"step-{step:07d}.pt"
 
 
-def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+_CHECKPOINT_NAME = re.compile(r"step-\d+\.pt")
+# What torch.load raises for a truncated or overwritten file: EOFError (empty), RuntimeError (a zip without its
+# central directory), OSError (cut inside a record, or missing), UnpicklingError (a corrupt pickle).
+_UNREADABLE = (EOFError, RuntimeError, OSError, pickle.UnpicklingError)
+
+
+def _latest_checkpoint(ckpt_dir: Path, warn: bool = True) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest readable checkpoint and its contents: the one `latest` names, else the newest before it.
+
+    `latest` only ever names a complete file (see _save_checkpoint), but a file can be damaged afterwards; resuming
+    from the one before costs a few steps, while stopping would cost the whole run. (None, None): nothing to resume.
+    """
     pointer = ckpt_dir / "latest"
-    return ckpt_dir / pointer.read_text().strip() if pointer.exists() else None
+    if not pointer.exists():
+        return None, None
+    named = pointer.read_text().strip()
+    older = sorted((p for p in ckpt_dir.glob("step-*.pt") if p.name < named), reverse=True)  # zero-padded steps
+    candidates = [ckpt_dir / named, *older] if _CHECKPOINT_NAME.fullmatch(named) else older
+    damaged = []
+    for path in candidates:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except _UNREADABLE as exc:
+            damaged.append(path)
+            if warn:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "empty"
+                log.warning("checkpoint %s is damaged (%s: %s): trying the one before it", path,
+                            type(exc).__name__, reason[:120])
+            continue
+        if damaged and warn:
+            log.warning("resuming from %s instead of the damaged %s", path.name, ", ".join(p.name for p in damaged))
+        return path, ckpt
+    names = ", ".join(p.name for p in damaged) or f"`latest` names {named!r}"
+    raise ConfigurationError(f"no readable checkpoint in {ckpt_dir} ({names}): delete it to start over")
 
 
 def _remove_leftovers(ckpt_dir: Path, latest: Path | None) -> None:
@@ -332,14 +381,20 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-def _check_resumable(ckpt: Mapping[str, Any], cfg: TrainConfig, world: int) -> None:
+def _check_resumable(ckpt: Mapping[str, Any], cfg: TrainConfig, world: int, ckpt_dir: Path) -> None:
     """Refuse to resume into a different run: same out_dir but other hyper-parameters or world size."""
     saved, now = ckpt["config"], cfg.model_dump(mode="json")
     changed = sorted(k for k in now if k not in _RESUME_MAY_CHANGE and saved.get(k) != now[k])
     if changed:
-        raise ValueError(f"checkpoint config differs in {changed}: use a new out_dir or the same settings")
+        raise CheckpointMismatch(ckpt_dir, ", ".join(f"{k}: {_short(saved.get(k))} -> {_short(now[k])}"
+                                                     for k in changed))
     if len(ckpt["rng"]) != world:  # per-rank RNG states and data shards only map onto the same world size
-        raise ValueError(f"checkpoint was written by {len(ckpt['rng'])} processes, this run has {world}")
+        raise CheckpointMismatch(ckpt_dir, f"written by {len(ckpt['rng'])} processes, this run has {world}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -5,20 +5,27 @@ User mistakes (bad params, missing inputs, malformed files) print one readable l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from stgt_pipeline import stages
 from stgt_pipeline.errors import StgtError
+from stgt_pipeline.params import DEFAULT_PARAMS, check_params_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+# Stages that resume from checkpoints in `<output>.work/` (stgt_pipeline.training.open_work_dir): they take --restart.
+RESUMABLE_STAGES = ("pretrain", "finetune")
+
 
 def _add_stage_parser(sub: argparse._SubParsersAction, stage: stages.Stage) -> None:
     p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="params file (default: %(default)s)")
+    p.add_argument("--params", default=str(DEFAULT_PARAMS), metavar="FILE",
+                   help="params file; one named here must exist (default: %(default)s, built-in defaults if absent)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -34,6 +41,10 @@ def _add_stage_parser(sub: argparse._SubParsersAction, stage: stages.Stage) -> N
         p.add_argument(f"--{key.replace('_', '-')}", dest=f"out_{key}", default=default, metavar="PATH",
                        help=f"output '{key}' (default: %(default)s)")
     p.add_argument("--metrics", default=stage.metrics, metavar="FILE", help="JSON summary of the run (default: %(default)s)")
+    if stage.name in RESUMABLE_STAGES:
+        p.add_argument("--restart", action="store_true",
+                       help="delete the unfinished run's checkpoints (<output>.work/) and start over instead of "
+                            f"resuming; under dvc: STGT_RESTART=1 dvc repro {stage.name}")
     p.set_defaults(func=_run_stage_command, stage=stage)
 
 
@@ -41,17 +52,37 @@ def _run_stage_command(args: argparse.Namespace) -> int:
     from stgt_pipeline.runner import run_stage
 
     stage: stages.Stage = args.stage
-    summary = run_stage(
-        stage.name,
-        params_path=args.params,
-        overrides=args.overrides,
-        inputs={k: getattr(args, f"in_{k}") for k in stage.inputs},
-        outputs={k: getattr(args, f"out_{k}") for k in stage.outputs},
-        metrics_path=args.metrics,
-    )
+    with _restart_env(getattr(args, "restart", False)):
+        summary = run_stage(
+            stage.name,
+            params_path=args.params,
+            overrides=args.overrides,
+            inputs={k: getattr(args, f"in_{k}") for k in stage.inputs},
+            outputs={k: getattr(args, f"out_{k}") for k in stage.outputs},
+            metrics_path=args.metrics,
+        )
     outs = ", ".join(str(getattr(args, f"out_{k}")) for k in stage.outputs)
     print(f"{stage.name}: done in {summary['seconds']:.1f}s -> {outs} (summary: {args.metrics})")
     return 0
+
+
+@contextlib.contextmanager
+def _restart_env(restart: bool) -> Iterator[None]:
+    """--restart is STGT_RESTART=1 for this command (the form dvc users set), put back after it."""
+    if not restart:
+        yield
+        return
+    from stgt_pipeline.training import RESTART_ENV  # torch: only when a training stage runs
+
+    before = os.environ.get(RESTART_ENV)
+    os.environ[RESTART_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[RESTART_ENV]
+        else:
+            os.environ[RESTART_ENV] = before
 
 
 def _dvc_yaml_command(args: argparse.Namespace) -> int:
@@ -82,6 +113,20 @@ def _outputs_command(args: argparse.Namespace) -> int:
         if summary:
             print(f"  {'summary':<14} {metrics}")
     return 0
+
+
+def _check_params_option(args: argparse.Namespace) -> None:
+    """Before a command runs: a --params file the user named must exist (a typo would otherwise run the built-in
+    defaults and replace outputs). The default params.yaml may be absent: the built-in defaults, said out loud, so
+    that a command run in the wrong folder shows it."""
+    given = getattr(args, "params", None)
+    if given is None:
+        return
+    if Path(given) == DEFAULT_PARAMS and not DEFAULT_PARAMS.exists():
+        print(f"note: no {DEFAULT_PARAMS} in {Path.cwd()}: using the built-in defaults (stgt_pipeline/params.py)",
+              file=sys.stderr)
+        return
+    check_params_file(given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_params_option(args)
         return args.func(args)
     except StgtError as exc:
         lines = str(exc).splitlines() or ["error"]
@@ -138,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from stgt_pipeline.tracking import runs
+
+        if not runs.is_tracking_failure(exc):  # a bug: its traceback is what to read
+            raise
+        print(f"error: {runs.tracking_error(exc, runs.tracking_uri())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -308,8 +308,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return data
 
 
+def check_params_file(path: str | Path) -> None:
+    """A params file the user named must be there: a typo must not run the built-in defaults and replace outputs.
+
+    Commands check what they were given before anything runs; load_params itself reads a missing file as all
+    defaults (library callers and tests rely on that to get the schema's reference recipe).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file {path} not found (check the --params path)")
+    if not path.is_file():
+        raise ConfigError(f"params file {path} is not a file")
+
+
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
-    """Load params.yaml (missing file = all defaults), apply `--set` overrides, validate."""
+    """Load params.yaml, apply `--set` overrides, validate.
+
+    `path` None means ./params.yaml. A file that does not exist gives the schema's defaults: commands refuse a
+    missing file the user named first (check_params_file), so only the library and tests rely on this.
+    """
     path = Path(path) if path is not None else DEFAULT_PARAMS
     raw: dict[str, Any] = {}
     if path.exists():

@@ -3,7 +3,8 @@ every stage and process, the corpus, and the video-text training phase (pretrain
 fine-tuning).
 
 A training stage's output folder (written whole by the stage; resumable engine checkpoints live in `work_dir`
-meanwhile, which DVC does not delete before a re-run):
+meanwhile, which DVC does not delete before a re-run; `STGT_RESTART=1`, which `stgt <stage> --restart` sets, empties
+it first):
   model.pt              trainable weights and buffers (the frozen backbone comes from its own constructor)
   curves.csv            step, phase, loss/* and lr of every logged step (the evaluate stage plots it)
   ans2label.json        qa only: the answer vocabulary
@@ -12,21 +13,26 @@ meanwhile, which DVC does not delete before a re-run):
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from stgt_model.config import ModelConfig
 from stgt_model.data import ClipStore, TwinPairs, VideoTextDataset, collate_twin_groups, collate_video_text
-from stgt_model.engine import LogFn, TrainResult, train
+from stgt_model.engine import CheckpointMismatch, LogFn, TrainResult, train
+from stgt_model.errors import ConfigurationError
 from stgt_model.factory import create_model
 from stgt_model.model import STGTModel
 from stgt_model.qa import AnswerVocab
@@ -40,11 +46,42 @@ CURVES_FILE = "curves.csv"
 CURVES_LOG = "curves.jsonl"
 VOCAB_FILE = "ans2label.json"
 SKIPPED_FILE = "skipped.json"  # a task the data cannot support
+# An environment variable rather than a param: it says how to run, not what to train (params_hash, dvc.lock and
+# the Kubeflow pipeline's parameters stay as they are), and dvc passes it on: `STGT_RESTART=1 dvc repro pretrain`.
+RESTART_ENV = "STGT_RESTART"
 
 
 def work_dir(out_dir: Path) -> Path:
     """Where a stage's resumable checkpoints live: beside its output, which DVC deletes before a re-run."""
     return out_dir.with_name(f"{out_dir.name}.work")
+
+
+def restart_requested() -> bool:
+    return os.environ.get(RESTART_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def open_work_dir(out_dir: Path, rank: int = 0) -> Path:
+    """The stage's work folder, emptied first when a restart is asked for (a resumable run is otherwise resumed)."""
+    work = work_dir(out_dir)
+    if restart_requested():
+        if rank == 0 and work.exists():
+            shutil.rmtree(work)
+            print(f"restart: removed {work}/", file=sys.stderr)
+        if dist.is_initialized():
+            dist.barrier()  # no rank may read a checkpoint rank 0 is deleting
+    return work
+
+
+@contextlib.contextmanager
+def resuming(work: Path) -> Iterator[None]:
+    """Training into `work`: a run left there with other settings becomes one line naming it and the way out."""
+    try:
+        yield
+    except CheckpointMismatch as exc:
+        raise ConfigurationError(
+            f"{work}/ holds an unfinished run with other settings ({exc.detail}): add --restart to delete it and "
+            f"start over (under dvc: {RESTART_ENV}=1 dvc repro), or put the settings back to resume it"
+        ) from None
 
 
 def open_corpus(dataset_dir: Path, features_dir: Path) -> tuple[pd.DataFrame, ClipStore]:

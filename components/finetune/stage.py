@@ -7,7 +7,8 @@
 
 dvc.yaml runs each task as its own `foreach` item (`--set finetune.tasks=[<task>]`), so one task's params or
 code can change without re-training the other; the Kubeflow pipeline runs one task per item too. Each task's output
-folder (written whole; resumable checkpoints in `<folder>.work/` meanwhile, see stgt_pipeline/training.py):
+folder (written whole; resumable checkpoints in `<folder>.work/` meanwhile, which `--restart` deletes first, see
+stgt_pipeline/training.py):
   model.pt, curves.csv, config.resolved.yaml    and, for qa, ans2label.json (the answer vocabulary)
   or only skipped.json when the corpus has nothing for the task (no captions, or no QA pairs)
 A benchmark preset (prepare.preset) sets the reference recipe: epochs, lr, batch size, text length.
@@ -37,12 +38,13 @@ from stgt_pipeline.training import (
     VOCAB_FILE,
     curve_logger,
     open_corpus,
+    open_work_dir,
     qa_model_config,
+    resuming,
     save_model,
     text_processor,
     train_contrastive,
     trained_model,
-    work_dir,
     write_curves,
 )
 
@@ -63,9 +65,9 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
                 (tmp / SKIPPED_FILE).write_text(json.dumps({"skipped": missing}) + "\n", encoding="utf-8")
             summary[task] = {"skipped": missing}
             continue
-        work = work_dir(out_dir)
+        work = open_work_dir(out_dir, rank)
         curves = curve_logger(work / CURVES_LOG, task)
-        with rank_zero_dir(out_dir, rank) as tmp:
+        with rank_zero_dir(out_dir, rank) as tmp, resuming(work):
             if task == "retrieval":
                 model, result = finetune_retrieval(params, inputs["pretrained"], manifest, store, work, curves)
             else:

@@ -6,7 +6,8 @@ stgt-reference §3.1: the paper labels VTC "Stage 1" and CSAL "Stage 2"; lengths
 Resuming: each phase trains with stgt_model.engine.train into `<checkpoint>.work/<phase>/`, a folder beside the
 output that DVC does not delete before re-running the stage. A killed run, re-run with the same params, resumes
 from its last checkpoint and ends with the same weights; the finished output is then written whole (atomic_dir)
-and the work folder removed. Output folder:
+and the work folder removed. Re-run with other params, it stops with one line naming the folder: `--restart`
+(`STGT_RESTART=1`) deletes it and starts over. Output folder:
   model.pt              trainable weights + buffers (the frozen backbone comes from its constructor)
   curves.csv            step, phase, loss/* and lr of every logged step (the evaluate stage plots it)
   config.resolved.yaml  the model and pretrain sections
@@ -30,9 +31,10 @@ from stgt_pipeline.training import (
     build_model,
     curve_logger,
     open_corpus,
+    open_work_dir,
+    resuming,
     save_model,
     train_contrastive,
-    work_dir,
     write_curves,
 )
 
@@ -43,16 +45,17 @@ PHASES = ("stage1", "stage2")
 def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     cfg = params.pretrain
     out_dir = Path(outputs["checkpoint"])
-    work = work_dir(out_dir)
     manifest, store = open_corpus(inputs["dataset"], inputs["features"])
     model = build_model(params.model)
     rank, _, _ = init_distributed()  # under torchrun: every rank trains, rank 0 alone writes
+    work = open_work_dir(out_dir, rank)
     summary: dict[str, Any] = {}
     for name in PHASES:
         phase: ContrastivePhase = getattr(cfg, name)
         dataset = VideoTextDataset(store, manifest, "train", caption_mode="random", seed=phase.seed)
-        result = train_contrastive(model, params.model, phase, dataset, manifest, work / name,
-                                   curve_logger(work / CURVES_LOG, name))
+        with resuming(work):
+            result = train_contrastive(model, params.model, phase, dataset, manifest, work / name,
+                                       curve_logger(work / CURVES_LOG, name))
         summary[name] = {"steps": result.step, "seconds": round(result.seconds, 1),
                          **{k: round(v, 4) for k, v in result.losses.items()}}
     with rank_zero_dir(out_dir, rank) as tmp:

@@ -20,6 +20,11 @@ Which run a stage logs to (the first rule that applies):
 
 Tracking is off with `STGT_TRACKING=off`, and in ranks other than 0 (`RANK`, `LOCAL_RANK`; mlflow/mlflow#11782).
 mlflow is imported only when a run starts: it costs seconds.
+
+When the server fails (down, not an MLflow server, answering errors), a stage fails in seconds with one line naming
+the server and what it answered (TrackingError): MLflow's HTTP retries are bounded (HTTP_LIMITS, unless the
+environment sets them), a failure before the stage runs stops it there, and one while or after it runs is kept
+until the stage is done (its outputs are written), then reported; nothing more is sent to that server meanwhile.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,6 +53,11 @@ if TYPE_CHECKING:
 
 DEFAULT_EXPERIMENT = "stgt"
 PROBE_TIMEOUT_S = 5.0
+# MLflow's defaults retry a failing request 7 times with backoff factor 2 (about 4 minutes) and wait 120 s for an
+# answer; a stage makes a dozen requests. These bound a dead or broken server to seconds a request. The names are
+# mlflow.environment_variables' (3.17.2); a value already in the environment wins.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 PARENT_RECORD = Path(".stgt") / "parent_run"
 MANIFEST_NAME = "manifest.parquet"  # stgt_pipeline.io.manifest.MANIFEST_NAME, without importing pandas and pyarrow
 # MLflow's dataset digest column holds 36 characters: a DVC directory md5 ("<32 hex>.dir") fits exactly.
@@ -93,10 +104,18 @@ def redact(text: str) -> str:
     return _URL_USERINFO.sub("***@", text)
 
 
+def bound_http_requests() -> None:
+    """MLflow's retries and timeout for the requests that follow, unless the environment sets them (HTTP_LIMITS)."""
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
 def check_reachable(uri: str) -> None:
-    """Fail in seconds, naming the server, rather than in MLflow's retry loop (minutes with its default retries)."""
+    """Fail in seconds, naming the server, rather than in MLflow's retry loop (minutes with its default retries).
+    For a server, also bounds the retries of the MLflow requests that follow (bound_http_requests)."""
     if not uri.startswith(("http://", "https://")):
         return
+    bound_http_requests()
     import requests
 
     where = f"MLflow tracking server at {redact(uri)}"
@@ -209,6 +228,88 @@ def one_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# tracking failures as one line
+
+
+class TrackingError(StgtError):
+    """A request to the tracking store failed: one line naming the server and what it answered."""
+
+
+# Where MLflow's messages say which status a request got: verify_rest_response ("failed with error code 404 != 200"),
+# urllib3 once retries ran out ("too many 503 error responses"), requests' raise_for_status ("503 Server Error").
+_HTTP_STATUS = (re.compile(r"error code (\d{3})\b"), re.compile(r"too many (\d{3}) error responses"),
+                re.compile(r"\b(\d{3}) (?:Client|Server) Error\b"))
+_ENDPOINT = re.compile(r"(/(?:ajax-)?api/[\w./-]+)")
+_STATUS_HINTS = {401: "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+                 403: "this client is not allowed (credentials, or the server's --allowed-hosts)",
+                 404: "is it an MLflow tracking server, and the URI its root?"}
+
+
+def is_tracking_failure(exc: BaseException) -> bool:
+    """An MLflow client error (mlflow is not imported for the test: such an error means it is loaded)."""
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    return mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException)
+
+
+def _is_request_failure(exc: BaseException) -> bool:
+    """What our own calls to the tracking server raise when it fails: MLflow's errors, or requests' (artifacts)."""
+    requests_exceptions = sys.modules.get("requests.exceptions")
+    return is_tracking_failure(exc) or (requests_exceptions is not None
+                                        and isinstance(exc, requests_exceptions.RequestException))
+
+
+def _http_status(exc: BaseException, text: str) -> int | None:
+    response = getattr(exc, "response", None)  # requests.HTTPError
+    if getattr(response, "status_code", None):
+        return int(response.status_code)
+    for pattern in _HTTP_STATUS:
+        found = pattern.search(text)
+        if found:
+            return int(found.group(1))
+    if type(exc).__name__ == "RestException":  # the server's JSON error: its code maps to the status it sent
+        return int(exc.get_http_status_code())
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What a failed tracking request met, in a few words, e.g. 'answered HTTP 503 on /api/2.0/mlflow/runs/create'."""
+    text = redact(str(exc))
+    endpoint = _ENDPOINT.search(text)
+    on = f" on {endpoint.group(1)}" if endpoint else ""
+    status = _http_status(exc, text)
+    if status is not None:
+        said = text.splitlines()[0][:200] if type(exc).__name__ == "RestException" else ""
+        hint = _STATUS_HINTS.get(status)
+        return f"answered HTTP {status}{on}" + (f" ({said})" if said else "") + (f": {hint}" if hint else "")
+    if "Connection refused" in text or "Failed to establish a new connection" in text:
+        return f"is unreachable (connection refused){on}"
+    if "timed out" in text or "timeout" in text.lower():
+        return f"did not answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')}s{on}"
+    if "Connection aborted" in text or "RemoteDisconnected" in text or "Connection reset" in text:
+        return f"closed the connection without an answer{on}"
+    lines = text.strip().splitlines()
+    return f"failed{on}: {lines[0][:200] if lines else type(exc).__name__}"
+
+
+@contextlib.contextmanager
+def failures_as_one_line(uri: str, outcome: str = "") -> Iterator[None]:
+    """Requests to the tracking store inside the block: a failure becomes one TrackingError line."""
+    try:
+        yield
+    except Exception as exc:
+        if not _is_request_failure(exc):
+            raise
+        raise tracking_error(exc, uri, outcome) from None
+
+
+def tracking_error(exc: BaseException, uri: str, outcome: str = "") -> TrackingError:
+    """One line: what the failure means (`outcome`, e.g. "validate did not run"), the server, what it answered."""
+    where = f"MLflow tracking server at {redact(uri)}" if uri.startswith(("http://", "https://")) else \
+        f"MLflow tracking store {redact(uri)}"
+    return TrackingError((f"{outcome}: " if outcome else "") + f"{where} {describe_failure(exc)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the stage-facing API
 
 
@@ -234,32 +335,50 @@ class Tracker:
 
 
 class MlflowTracker(Tracker):
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    """Logs to one MLflow run. The first failed request is kept (`failure`) and nothing more is sent: the stage
+    goes on (its work is worth more than its log) and stage_run reports the failure once the stage is done."""
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str = "") -> None:
         self.client = client
         self.run_id = run_id
+        self.uri = uri
+        self.failure: BaseException | None = None
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """`fn(*args, **kwargs)` unless a request failed already; a tracking failure is kept, not raised."""
+        if self.failure is not None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            if not _is_request_failure(exc):
+                raise
+            self.failure = exc
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(metric_name(k), float(v), now, step or 0)
-                                                      for k, v in metrics.items()])
+        self.call(self.client.log_batch, self.run_id, metrics=[Metric(metric_name(k), float(v), now, step or 0)
+                                                                 for k, v in metrics.items()])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in loggable_params(params).items()])
+        self.call(self.client.log_batch, self.run_id,
+                  params=[Param(k, v) for k, v in loggable_params(params).items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items() if v is not None])
+        self.call(self.client.log_batch, self.run_id,
+                  tags=[RunTag(k, redact(str(v))) for k, v in tags.items() if v is not None])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if Path(path).is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            self.call(self.client.log_artifacts, self.run_id, str(path), artifact_path)
         else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self.call(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_summary(self, summary: Mapping[str, Any], summary_file: str | Path) -> None:
         self.log_metrics(numeric_metrics(summary))
@@ -427,9 +546,58 @@ def _create_stage_run(client: MlflowClient, uri: str, stage: Stage, pipeline_tag
     return run.info.run_id, parent
 
 
+def _open_stage_run(client: MlflowClient, uri: str, stage: Stage, params: Params,
+                    inputs: Mapping[str, Path]) -> tuple[MlflowTracker, Parent | None]:
+    """Create (or join) the stage's run and its parent, start it as the fluent run, log params and datasets.
+    When the server fails, raises TrackingError (having ended the fluent run if it had started): the stage has
+    not run."""
+    import mlflow
+
+    with failures_as_one_line(uri, f"{stage.name} did not run"):
+        pipeline_tags, stage_tags, digests = _run_tags(stage, params, inputs)
+        run_id, parent = _create_stage_run(client, uri, stage, pipeline_tags, stage_tags)
+        # The fluent run makes mlflow.log_* and log_model inside the stage land here too; system metrics for stages
+        # that train (they ask for a GPU), else as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says.
+        mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
+                         log_system_metrics=True if stage.resources.gpus > 0 else None)
+    tracker = MlflowTracker(client, run_id, uri)
+    dumped = params.dump()
+    tracker.log_params({section: dumped[section] for section in stage.params})
+    tracker.call(_log_datasets, inputs, digests)
+    if tracker.failure is not None:
+        failure = tracking_error(tracker.failure, uri, f"{stage.name} did not run")
+        _close_stage_run(tracker, parent, "FAILED")
+        raise failure
+    return tracker, parent
+
+
+def _record_error(tracker: MlflowTracker, parent: Parent | None, stage: Stage, exc: BaseException) -> None:
+    tracker.set_tags({"error": one_line(exc)})
+    if parent and parent.owned:
+        tracker.call(tracker.client.set_tag, parent.run_id, "error", f"{stage.name}: {one_line(exc)}")
+
+
+def _close_stage_run(tracker: MlflowTracker, parent: Parent | None, status: str) -> None:
+    """End the fluent run and close a parent this process owns; after a failed request only the fluent run is
+    ended (so that no run stays active in this process), with its one bounded attempt to tell the server."""
+    import mlflow
+
+    if tracker.failure is not None:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)
+        return
+    tracker.call(mlflow.end_run, status)
+    if parent and parent.owned:
+        tracker.call(tracker.client.set_terminated, parent.run_id, status)
+
+
 @contextlib.contextmanager
 def stage_run(stage: Stage, params: Params, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> Iterator[Tracker]:
-    """A tracked stage: its run is open (and current()) inside the block, closed FINISHED or FAILED after."""
+    """A tracked stage: its run is open (and current()) inside the block, closed FINISHED or FAILED after.
+
+    A tracking failure is one TrackingError line: raised at once before the stage runs; kept while and after it
+    runs, and raised when the block is done (unless the stage itself failed: its own error is the one to read).
+    """
     if not enabled():
         yield Tracker()
         return
@@ -440,37 +608,34 @@ def stage_run(stage: Stage, params: Params, inputs: Mapping[str, Path], outputs:
 
     uri_from_env = "MLFLOW_TRACKING_URI" in os.environ
     mlflow.set_tracking_uri(uri)  # for the fluent run below; it also exports MLFLOW_TRACKING_URI, undone after
-    client = MlflowClient(uri)
-    pipeline_tags, stage_tags, digests = _run_tags(stage, params, inputs)
-    run_id, parent = _create_stage_run(client, uri, stage, pipeline_tags, stage_tags)
-    # The fluent run makes mlflow.log_* and log_model inside the stage land here too; system metrics for stages
-    # that train (they ask for a GPU), else as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says.
-    mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
-                     log_system_metrics=True if stage.resources.gpus > 0 else None)
-    tracker = MlflowTracker(client, run_id)
+    try:
+        tracker, parent = _open_stage_run(MlflowClient(uri), uri, stage, params, inputs)
+    except BaseException:
+        if not uri_from_env:
+            mlflow.set_tracking_uri(None)
+        raise
     token = _CURRENT.set(tracker)
     status = "FAILED"
     try:
-        dumped = params.dump()
-        tracker.log_params({section: dumped[section] for section in stage.params})
-        _log_datasets(inputs, digests)
         yield tracker
         status = "FINISHED"
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        tracker.set_tags({"error": one_line(exc)})
-        if parent and parent.owned:
-            client.set_tag(parent.run_id, "error", f"{stage.name}: {one_line(exc)}")
+        if is_tracking_failure(exc):  # the stage's own MLflow calls (register's model logging)
+            tracker.failure = tracker.failure or exc
+            raise tracking_error(exc, uri, f"{stage.name} failed") from None
+        _record_error(tracker, parent, stage, exc)
         raise
     finally:
         _CURRENT.reset(token)
         for path, name in _report_dirs(stage, outputs, failed=status != "FINISHED"):
             tracker.log_artifact(path, name)
-        mlflow.end_run(status)
-        if parent and parent.owned:
-            client.set_terminated(parent.run_id, status)
+        _close_stage_run(tracker, parent, status)
         if not uri_from_env:
             mlflow.set_tracking_uri(None)
+    if tracker.failure is not None:
+        raise tracking_error(tracker.failure, uri, f"{stage.name}'s outputs are written, but its MLflow run "
+                                                   f"{tracker.run_id} is incomplete")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -503,10 +668,11 @@ def open_parent_run(name: str, kfp_run_id: str, params: Params) -> str:
     sha, dirty = git_state(project_dir())
     tags = {"git.sha": sha, "git.dirty": dirty, "stgt.role": "pipeline", "pipeline.kind": "kfp",
             "kfp.run_id": kfp_run_id, "params_hash": params_hash(params)}
-    run = client.create_run(experiment_id(client, uri), run_name=name, tags=tags)
-    logged = [Param(k, v) for k, v in loggable_params(params.dump()).items()]
-    for start in range(0, len(logged), PARAMS_PER_BATCH):
-        client.log_batch(run.info.run_id, params=logged[start:start + PARAMS_PER_BATCH])
+    with failures_as_one_line(uri, "the pipeline's parent run was not opened"):
+        run = client.create_run(experiment_id(client, uri), run_name=name, tags=tags)
+        logged = [Param(k, v) for k, v in loggable_params(params.dump()).items()]
+        for start in range(0, len(logged), PARAMS_PER_BATCH):
+            client.log_batch(run.info.run_id, params=logged[start:start + PARAMS_PER_BATCH])
     return run.info.run_id
 
 
@@ -515,9 +681,10 @@ def find_parent_run(kfp_run_id: str) -> str:
     if not enabled() or _plugin_owns_runs() or not kfp_run_id:
         return ""
     client, uri = _client()
-    found = client.search_runs(
-        [experiment_id(client, uri)], max_results=1,
-        filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`stgt.role` = 'pipeline'")
+    with failures_as_one_line(uri, "the pipeline's parent run was not found"):
+        found = client.search_runs(
+            [experiment_id(client, uri)], max_results=1,
+            filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`stgt.role` = 'pipeline'")
     return found[0].info.run_id if found else ""
 
 
@@ -534,13 +701,14 @@ def finish_parent_run(run_id: str, status: Any) -> str:
     the MLflow status set ("" when there was nothing to close)."""
     if not enabled() or _plugin_owns_runs() or not run_id:
         return ""
-    client, _ = _client()
+    client, uri = _client()
     state = str(getattr(status, "state", status))
     result = run_status(state)
     message = getattr(status, "error_message", "") or ""
-    if result != "FINISHED":
-        client.set_tag(run_id, "kfp.state", state)
-        if message:
-            client.set_tag(run_id, "error", redact(message.strip().splitlines()[0])[:500])
-    client.set_terminated(run_id, result)
+    with failures_as_one_line(uri, f"the pipeline's parent run {run_id} was not closed"):
+        if result != "FINISHED":
+            client.set_tag(run_id, "kfp.state", state)
+            if message:
+                client.set_tag(run_id, "error", redact(message.strip().splitlines()[0])[:500])
+        client.set_terminated(run_id, result)
     return result

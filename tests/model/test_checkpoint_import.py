@@ -198,3 +198,50 @@ def test_cli_summary_and_help(tmp_path, capsys, source_model):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_a_file_that_maps_no_tensor_is_refused_and_nothing_is_written(tmp_path, capsys):
+    src, dst = tmp_path / "unrelated.pth", tmp_path / "out.safetensors"
+    torch.save({"model": {"encoder.weight": torch.ones(3, 3), "head.bias": torch.zeros(3)}}, src)
+    n_expected = len([k for k in create_model(TINY, device="meta").state_dict()
+                      if not k.startswith(("backbone.", "graph_cross_model.pos_2D_embed"))])
+
+    with pytest.raises(CheckpointImportError, match=f"maps none of the {n_expected} tensors the model expects "
+                                                    r"\(2 unexpected keys, e.g. encoder.weight, head.bias\)"):
+        import_checkpoint(src, dst, model_config=TINY, min_share=0.0)  # no share lets nothing through
+    assert main([str(src), str(dst), "--preset", "tiny"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"maps none of the {n_expected} tensors" in err[0]
+    assert not dst.exists()
+
+
+def test_a_partial_import_needs_a_lower_min_share(tmp_path, capsys, source_model):
+    # Only the graph module: a real share of the model, far from all of it.
+    state = {k: v for k, v in official_state_dict(source_model).items() if k.startswith("graph_cross_model.")}
+    src, dst = tmp_path / "graph_only.pth", tmp_path / "out.safetensors"
+    torch.save({"model": state}, src)
+    expected = create_model(TINY, device="meta").state_dict()
+    importable = {k: v.numel() for k, v in expected.items()
+                  if not k.startswith(("backbone.", "graph_cross_model.pos_2D_embed"))}
+    share = sum(importable[k] for k in state) / sum(importable.values())
+    assert 0.0 < share < 0.5
+
+    assert main([str(src), str(dst), "--preset", "tiny"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"maps {len(state)} of the {len(importable)} tensors the model expects, {share:.1%} of their weights, " \
+           "below the 50% required" in err[0] and "--min-share" in err[0]
+    assert not dst.exists()
+
+    assert main([str(src), str(dst), "--preset", "tiny", "--min-share", f"{share / 2:.4f}"]) == 0
+    assert load_file(str(dst)).keys() == state.keys()
+    assert f"({share:.1%} of the weights it should provide)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(src), str(dst), "--preset", "tiny", "--min-share", "1.5"])
+    assert "--min-share: 1.5 is not a share between 0 and 1" in capsys.readouterr().err
+
+
+def test_min_share_is_documented_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--min-share FRACTION" in capsys.readouterr().out

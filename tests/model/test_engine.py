@@ -19,7 +19,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from stgt_model.engine import TrainConfig, cosine_schedule, init_distributed, param_groups, train
+from stgt_model.engine import CheckpointMismatch, TrainConfig, cosine_schedule, init_distributed, param_groups, train
+from stgt_model.errors import ConfigurationError
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -192,9 +193,11 @@ def test_checkpoint_contents_pruning_and_finished_rerun(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()} == before
     assert_same_weights(again, model)
 
-    # The same out_dir with other hyper-parameters is a different run: refuse to resume it.
-    with pytest.raises(ValueError, match=r"\['lr'\]"):
+    # The same out_dir with other hyper-parameters is a different run: refuse to resume it, saying what differs.
+    with pytest.raises(CheckpointMismatch) as mismatch:
         run(tmp_path, config(steps=6, checkpoint_every=2, lr=5e-3))
+    assert mismatch.value.detail == "lr: 0.01 -> 0.005"
+    assert str(mismatch.value).startswith(f"{tmp_path / 'checkpoints'} holds a run with other settings (lr: 0.01 ")
 
 
 def test_failed_write_leaves_no_partial_checkpoint_and_resume_cleans_leftovers(tmp_path, monkeypatch):
@@ -219,6 +222,40 @@ def test_failed_write_leaves_no_partial_checkpoint_and_resume_cleans_leftovers(t
     _, result = run(tmp_path, config(steps=6, checkpoint_every=2))
     assert result.step == 6
     assert checkpoint_names(tmp_path) == ["latest", "step-0000004.pt", "step-0000006.pt"]
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before_naming_the_bad_file(tmp_path, caplog):
+    cfg = config(steps=10, checkpoint_every=2, keep_last=3)
+    reference, _ = run(tmp_path / "reference", cfg, dropout=0.2, noisy=True)
+
+    def interrupt_at_step_7(step, metrics):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(out, cfg, dropout=0.2, noisy=True, log=interrupt_at_step_7)
+    damaged = out / "checkpoints" / "step-0000006.pt"
+    assert (out / "checkpoints" / "latest").read_text() == damaged.name
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # truncated, as by a full disk or a copy cut short
+
+    with caplog.at_level("WARNING", logger="stgt_model.engine"):
+        resumed, result = run(out, cfg, dropout=0.2, noisy=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings[0].startswith(f"checkpoint {damaged} is damaged (RuntimeError: ")
+    assert warnings[1] == "resuming from step-0000004.pt instead of the damaged step-0000006.pt"
+    assert result.step == 10
+    assert_same_weights(resumed, reference)  # resumed exactly from step 4
+    assert checkpoint_names(out) == ["latest", "step-0000006.pt", "step-0000008.pt", "step-0000010.pt"]
+
+
+def test_no_readable_checkpoint_is_an_error_naming_the_files(tmp_path):
+    run(tmp_path, config(steps=4, checkpoint_every=2))
+    for path in (tmp_path / "checkpoints").glob("step-*.pt"):
+        path.write_bytes(b"")
+    with pytest.raises(ConfigurationError, match=r"no readable checkpoint in .*checkpoints "
+                                                 r"\(step-0000004.pt, step-0000002.pt\): delete it to start over"):
+        run(tmp_path, config(steps=4, checkpoint_every=2))
 
 
 def test_resume_after_an_interrupt_is_bit_identical(tmp_path):

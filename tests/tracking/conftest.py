@@ -3,6 +3,7 @@ per session (as soon as collection shows a test needs it) and stopped when the s
 own experiment and working directory."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -29,46 +30,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.hookimpl(trylast=True)  # after -k/-m deselection
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the server as soon as a collected test needs it: it boots while the tests that don't need it run."""
-    if not _server and any("mlflow_server" in getattr(item, "fixturenames", ()) for item in items):
-        root = Path(tempfile.mkdtemp(prefix="stgt-mlflow-server-"))
-        port = free_port()
-        log = open(root / "server.log", "w")
-        # --artifacts-destination: clients upload over HTTP (mlflow-artifacts:/), as pipeline pods would. No job
-        # runner process: it serves GenAI jobs only and slows the start.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            start_new_session=True)  # its own process group, so its workers stop with it
-        _server.update(root=root, url=f"http://127.0.0.1:{port}", proc=proc, log=log)
+def start_server(root: Path) -> dict[str, Any]:
+    """`mlflow server --workers 1` on a free loopback port, SQLite and artifacts under root, log in root/server.log;
+    not yet healthy (wait_healthy)."""
+    port = free_port()
+    log = open(root / "server.log", "w")
+    # --artifacts-destination: clients upload over HTTP (mlflow-artifacts:/), as pipeline pods would. No job
+    # runner process: it serves GenAI jobs only and slows the start.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        start_new_session=True)  # its own process group, so its workers stop with it
+    return {"root": root, "url": f"http://127.0.0.1:{port}", "proc": proc, "log": log}
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _server:
-        return
-    proc = _server["proc"]
-    os.killpg(proc.pid, signal.SIGTERM)
+def stop_server(server: dict[str, Any]) -> None:
+    proc = server["proc"]
+    with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:  # a test server holds nothing worth a slow graceful stop
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    _server["log"].close()
-    if exitstatus == 0:
-        shutil.rmtree(_server["root"], ignore_errors=True)
-    else:
-        print(f"\nmlflow server log kept: {_server['root'] / 'server.log'}", file=sys.stderr)
-    _server.clear()
+    server["log"].close()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server() -> str:
+def wait_healthy(server: dict[str, Any]) -> str:
     """The server's URL once /health answers."""
-    proc, url, log_path = _server["proc"], _server["url"], _server["root"] / "server.log"
+    proc, url, log_path = server["proc"], server["url"], server["root"] / "server.log"
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
@@ -81,6 +73,41 @@ def mlflow_server() -> str:
         if time.monotonic() > deadline:
             pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the server as soon as a collected test needs it: it boots while the tests that don't need it run."""
+    if not _server and any("mlflow_server" in getattr(item, "fixturenames", ()) for item in items):
+        _server.update(start_server(Path(tempfile.mkdtemp(prefix="stgt-mlflow-server-"))))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _server:
+        return
+    stop_server(_server)
+    if exitstatus == 0:
+        shutil.rmtree(_server["root"], ignore_errors=True)
+    else:
+        print(f"\nmlflow server log kept: {_server['root'] / 'server.log'}", file=sys.stderr)
+    _server.clear()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> str:
+    """The session's server URL once /health answers."""
+    return wait_healthy(_server)
+
+
+@pytest.fixture
+def own_mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A server of this test's own, which it may kill: {"url", "proc", "root", "log"}, healthy."""
+    server = start_server(tmp_path_factory.mktemp("own-mlflow-server"))
+    try:
+        wait_healthy(server)
+        yield server
+    finally:
+        stop_server(server)
 
 
 CLEARED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "STGT_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_ID", "DVC_STAGE",

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from stgt_pipeline import stages
-from stgt_pipeline.cli import build_parser, main
+from stgt_pipeline.cli import RESUMABLE_STAGES, build_parser, main
 
 
 def _option_actions(parser):
@@ -33,6 +33,7 @@ def test_help_exits_zero_and_describes(argv, capsys):
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "p.yaml").write_text("prepare:\n  seed: 1\n")
     proc = subprocess.run(
         [sys.executable, "-m", "stgt_pipeline.cli", "prepare", "--params", str(tmp_path / "p.yaml"),
          "--set", "prepare.num_videos=lots"],
@@ -46,9 +47,38 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
 
 def test_missing_input_names_the_producer(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("")
     assert main(["validate"]) == 2
     err = capsys.readouterr().err
     assert "input 'dataset' not found at data/prepared" in err and "stgt prepare" in err
+
+
+def test_a_named_params_file_that_does_not_exist_is_one_line_and_nothing_is_written(tmp_path):
+    # A typo in --params used to run the built-in defaults and replace data/prepared.
+    proc = subprocess.run(
+        [sys.executable, "-m", "stgt_pipeline.cli", "prepare", "--params", "does_not_exist.yaml",
+         "--set", "prepare.num_videos=4"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["error: params file does_not_exist.yaml not found (check the --params path)"]
+    assert list(tmp_path.iterdir()) == []  # no outputs, no reports, no tracking store
+
+
+def test_pipeline_commands_refuse_a_missing_params_file_too(tmp_path, capsys):
+    out = tmp_path / "pipeline.yaml"
+    assert main(["pipeline", "compile", "--params", str(tmp_path / "typo.yaml"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: params file {tmp_path / 'typo.yaml'} not found (check the --params path)"
+    assert not out.exists()
+
+
+def test_absent_default_params_file_means_the_built_in_defaults_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate"]) == 2  # the defaults load; the missing input is what stops it
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"note: no params.yaml in {tmp_path}: using the built-in defaults (stgt_pipeline/params.py)"
+    assert err[1].startswith("error: validate: input 'dataset' not found")
 
 
 def test_import_checkpoint_is_dispatched_with_one_line_error(tmp_path, capsys):
@@ -66,7 +96,23 @@ def test_configuration_errors_from_the_library_become_one_line(tmp_path, monkeyp
         raise TooFewSamples("6 training samples make no full step of batch 16")
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("")
     monkeypatch.setattr(prepare, "run", too_small)
     assert main(["prepare"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: prepare: 6 training samples make no full step of batch 16"
+
+
+def test_restart_is_offered_by_exactly_the_stages_that_resume_from_a_work_folder(capsys):
+    from tests.conftest import REPO_ROOT
+
+    resumable = {s.name for s in stages.STAGES
+                 if "open_work_dir(" in (REPO_ROOT / "components" / s.name / "stage.py").read_text()}
+    assert resumable == set(RESUMABLE_STAGES)
+    for stage in stages.STAGES:
+        with pytest.raises(SystemExit):
+            main([stage.name, "--help"])
+        shown = capsys.readouterr().out
+        assert ("--restart" in shown) == (stage.name in resumable), stage.name
+        if stage.name in resumable:
+            assert f"STGT_RESTART=1 dvc repro {stage.name}" in " ".join(shown.split())

@@ -1,7 +1,7 @@
 import pytest
 
 from stgt_pipeline.errors import ConfigError
-from stgt_pipeline.params import load_params, parse_override
+from stgt_pipeline.params import check_params_file, load_params, parse_override
 
 
 def write(tmp_path, text):
@@ -14,6 +14,14 @@ def test_defaults_when_file_missing(tmp_path):
     params = load_params(tmp_path / "absent.yaml")
     assert params.prepare.source == "synthetic"
     assert params.section("validate").min_caption_chars == 3
+
+
+def test_check_params_file_names_a_missing_file_or_a_folder(tmp_path):
+    check_params_file(write(tmp_path, "prepare: {}\n"))
+    with pytest.raises(ConfigError, match=f"^params file {tmp_path / 'typo.yaml'} not found"):
+        check_params_file(tmp_path / "typo.yaml")
+    with pytest.raises(ConfigError, match="is not a file"):
+        check_params_file(tmp_path)
 
 
 def test_unknown_key_names_dotted_path(tmp_path):
