@@ -18,9 +18,6 @@ from stgt_pipeline.params import DEFAULT_PARAMS, check_params_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-# Stages that resume from checkpoints in `<output>.work/` (stgt_pipeline.training.open_work_dir): they take --restart.
-RESUMABLE_STAGES = ("pretrain", "finetune")
-
 
 def _add_stage_parser(sub: argparse._SubParsersAction, stage: stages.Stage) -> None:
     p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
@@ -41,7 +38,7 @@ def _add_stage_parser(sub: argparse._SubParsersAction, stage: stages.Stage) -> N
         p.add_argument(f"--{key.replace('_', '-')}", dest=f"out_{key}", default=default, metavar="PATH",
                        help=f"output '{key}' (default: %(default)s)")
     p.add_argument("--metrics", default=stage.metrics, metavar="FILE", help="JSON summary of the run (default: %(default)s)")
-    if stage.name in RESUMABLE_STAGES:
+    if stage.resumable:
         p.add_argument("--restart", action="store_true",
                        help="delete the unfinished run's checkpoints (<output>.work/) and start over instead of "
                             f"resuming; under dvc: STGT_RESTART=1 dvc repro {stage.name}")

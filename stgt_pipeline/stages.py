@@ -3,7 +3,8 @@ DAG are built.
 
 Each stage names its folder's package (holding `stage.py` with `run(params, inputs, outputs) -> summary` and
 `component.py` with its Kubeflow component), its params sections, its input and output paths, the code whose change
-re-runs it, its metrics file, whether its result may be cached, how it shards and whether it trains across nodes.
+re-runs it, its metrics file, whether its result may be cached, how it shards, whether it trains across nodes and
+whether it resumes from checkpoints.
 Nothing else spells these: code that needs a stage's module, paths or flags looks them up here.
 """
 from __future__ import annotations
@@ -61,6 +62,9 @@ class Stage:
     sharding: Sharding | None = None
     # Trains through stgt_model.engine (DDP, rank 0 writes): on Kubeflow it may run across nodes as a TrainJob.
     multi_node: bool = False
+    # Resumes from engine checkpoints in `<output>.work/` (stgt_pipeline.training.open_work_dir): `stgt <stage>`
+    # takes --restart, which empties that folder first.
+    resumable: bool = False
 
     @property
     def package(self) -> str:
@@ -147,6 +151,7 @@ STAGES: tuple[Stage, ...] = (
         code=TRAINING_CODE,
         resources=Resources(cpu="8", memory="32Gi", gpus=1),
         multi_node=True,
+        resumable=True,
     ),
     Stage(
         name="finetune",
@@ -158,6 +163,7 @@ STAGES: tuple[Stage, ...] = (
         resources=Resources(cpu="8", memory="32Gi", gpus=1),
         foreach=FINETUNE_TASKS,
         foreach_param="finetune.tasks",
+        resumable=True,
     ),
     Stage(
         name="evaluate",
