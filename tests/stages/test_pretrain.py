@@ -43,18 +43,7 @@ def test_killed_pretrain_resumes_from_its_out_dir_and_ends_with_the_same_weights
     pretrain.run(params, corpus, {"checkpoint": uninterrupted})
 
     resumed = tmp_path / "b" / "pretrain"
-    real_logger = training.curve_logger
-
-    def killing_logger(path, phase):
-        log = real_logger(path, phase)
-
-        def kill_in_stage2(step, metrics):
-            log(step, metrics)
-            if phase == "stage2" and step == 2:
-                raise Killed  # after the step-2 checkpoint, as a kill between steps
-        return kill_in_stage2
-
-    monkeypatch.setattr(pretrain, "curve_logger", killing_logger)
+    kill_in_stage2_at_step_2(monkeypatch)
     with pytest.raises(Killed):
         pretrain.run(params, corpus, {"checkpoint": resumed})
     # Nothing half-written at the output; the checkpoints sit in the work folder beside it.
@@ -63,7 +52,7 @@ def test_killed_pretrain_resumes_from_its_out_dir_and_ends_with_the_same_weights
     assert (work / "stage1" / "checkpoints" / "latest").read_text() == "step-0000003.pt"
     assert (work / "stage2" / "checkpoints" / "latest").read_text() == "step-0000002.pt"
 
-    monkeypatch.setattr(pretrain, "curve_logger", real_logger)
+    monkeypatch.undo()
     pretrain.run(params, corpus, {"checkpoint": resumed})
 
     a, b = weights(uninterrupted), weights(resumed)
@@ -82,7 +71,7 @@ def kill_in_stage2_at_step_2(monkeypatch) -> None:
         def kill(step, metrics):
             log(step, metrics)
             if phase == "stage2" and step == 2:
-                raise Killed
+                raise Killed  # after the step-2 checkpoint, as a kill between steps
         return kill
 
     monkeypatch.setattr(pretrain, "curve_logger", killing_logger)
