@@ -15,13 +15,14 @@ import av
 
 @dataclass(frozen=True)
 class VideoInfo:
-    duration: float  # seconds; 0.0 when the container does not say
+    duration: float  # seconds; from the header, else measured on the stream's packets; 0.0 when neither says
     fps: float
     width: int  # stored (coded) size, before rotation
     height: int
     codec: str
     num_frames: int  # as the container claims; 0 when unknown
     rotation: int  # degrees clockwise to turn the stored picture for display: 0/90/180/270
+    duration_from: str = "stream"  # where `duration` came from: "stream" or "container" header, or "packets"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -38,26 +39,55 @@ def probe(path: str | Path) -> VideoInfo:
             ctx = stream.codec_context
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
+            width, height, codec = int(ctx.width), int(ctx.height), str(ctx.name)
+            frames = int(stream.frames or 0)
             if stream.duration and stream.time_base:
-                duration = float(stream.duration * stream.time_base)
+                duration, duration_from = float(stream.duration * stream.time_base), "stream"
             elif container.duration:
-                duration = container.duration / 1_000_000
+                duration, duration_from = container.duration / 1_000_000, "container"
             else:
-                duration = 0.0
-            frames = int(stream.frames or 0) or (int(round(duration * fps)) if duration and fps else 0)
+                rotation = display_rotation(container, stream)
+                duration, packets = packet_duration(path, stream.index)
+                return VideoInfo(duration=round(duration, 4), fps=round(fps, 4), width=width, height=height,
+                                 codec=codec, num_frames=frames or packets, rotation=rotation,
+                                 duration_from="packets" if duration else "none")
+            frames = frames or (int(round(duration * fps)) if duration and fps else 0)
             return VideoInfo(
                 duration=round(duration, 4),
                 fps=round(fps, 4),
-                width=int(ctx.width),
-                height=int(ctx.height),
-                codec=str(ctx.name),
+                width=width,
+                height=height,
+                codec=codec,
                 num_frames=frames,
                 rotation=display_rotation(container, stream),
+                duration_from=duration_from,
             )
     except ProbeError:
         raise
     except Exception as exc:  # PyAV raises many error types for broken files
         raise ProbeError(f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+def packet_duration(path: str | Path, stream_index: int) -> tuple[float, int]:
+    """(seconds, packets) of a stream whose container records no duration (Matroska/WebM without a Duration
+    element): read its packets to the end without decoding them, from the first timestamp to the end of the last
+    packet. The file is read once more this way, at demuxing speed."""
+    first = last = None
+    count = 0
+    with av.open(str(path)) as container:
+        stream = container.streams[stream_index]
+        for packet in container.demux(stream):
+            if packet.pts is None and packet.dts is None:
+                continue  # the flush packet at the end
+            count += 1
+            pts = packet.pts if packet.pts is not None else packet.dts
+            end = pts + (packet.duration or 0)
+            first = pts if first is None else min(first, pts)
+            last = end if last is None else max(last, end)
+        time_base = stream.time_base
+    if first is None or not time_base:
+        return 0.0, count
+    return float((last - first) * time_base), count
 
 
 def video_streams(container: av.container.InputContainer) -> list[av.VideoStream]:

@@ -38,9 +38,13 @@ SCHEMA = pa.schema(
         ("codec", pa.string()),
         ("sha256", pa.string()),
         ("twin_id", pa.string()),  # the clip's time-reversed twin, when the corpus has one (temporal-order probe)
+        # where `duration` was found: the video stream's or the container's header, or measured on the stream's
+        # packets when neither header records one (Matroska/WebM without Duration); null when not probed
+        ("duration_from", pa.string()),
     ]
 )
 COLUMNS = [f.name for f in SCHEMA]
+OPTIONAL = ("duration_from",)  # absent from older manifests and hand-made frames: read and written as null
 
 
 @dataclass
@@ -104,9 +108,10 @@ class ManifestWriter:
 
 def write_manifest(df: pd.DataFrame, out_dir: Path, data_root: Path | str, source: str, extra: dict | None = None) -> Path:
     """Write `df` as out_dir/manifest.parquet. `data_root` is stored relative to out_dir when possible."""
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in OPTIONAL]
     if missing:
         raise ValueError(f"manifest is missing columns {missing}")
+    df = df.assign(**{c: None for c in OPTIONAL if c not in df.columns})
     with ManifestWriter(out_dir, data_root, source, extra) as writer:
         writer.add(df[COLUMNS].to_dict("records"))
     return writer.path
@@ -122,9 +127,17 @@ def read_manifest(dataset_dir: str | Path) -> Manifest:
     except Exception as exc:
         raise StgtError(f"{path}: not a readable Parquet manifest ({exc})") from None
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"stgt.")}
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in COLUMNS if c not in table.column_names and c not in OPTIONAL]
     if missing:
         raise StgtError(f"{path}: manifest lacks columns {missing}")
+    for column in OPTIONAL:
+        if column not in table.column_names:
+            table = table.append_column(column, pa.nulls(len(table), SCHEMA.field(column).type))
+    escaping = table.column("path").to_pandas().dropna()
+    escaping = escaping[escaping.str.startswith("/") | escaping.str.contains(r"(?:^|/)\.\.(?:/|$)", regex=True)]
+    if len(escaping):  # no stage reads a file outside the data root, whoever wrote the manifest
+        shown = ", ".join(repr(p) for p in escaping.head(3))
+        raise StgtError(f"{path}: {len(escaping)} video path(s) leave the data root (absolute or '..'), e.g. {shown}")
     stored = meta.get("stgt.data_root", ".")
     root: Path | str = stored if is_remote(stored) else Path(stored)
     if isinstance(root, Path) and not root.is_absolute():

@@ -77,6 +77,8 @@ def _record(obj: dict[str, Any], where: Where) -> Record:
         raise where.error("missing video path", "video")
     if PurePosixPath(video).is_absolute() or Path(video).is_absolute():
         raise where.error(f"{video!r} must be relative to prepare.folder.root", "video")
+    if ".." in PurePosixPath(video).parts:  # ../../etc/passwd: nothing outside the root is read (nor s3 keys)
+        raise where.error(f"{video!r} leaves prepare.folder.root ('..'); paths must stay under the root", "video")
 
     single = [_text(obj["caption"], "caption", where)] if obj.get("caption") is not None else []
     listed = obj.get("captions") or []
@@ -200,7 +202,8 @@ def file_facts(file: Path | str) -> dict[str, Any]:
         info = probe(file)
     except ProbeError:
         return facts
-    container = {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height, "codec": info.codec}
+    container = {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height, "codec": info.codec,
+                 "duration_from": info.duration_from}
     return facts | container
 
 

@@ -11,7 +11,7 @@ import pytest
 from stgt_pipeline.components.prepare import stage as prepare
 from stgt_pipeline.components.validate.stage import files_exist
 from stgt_pipeline.errors import StgtError
-from stgt_pipeline.io.manifest import read_manifest
+from stgt_pipeline.io.manifest import read_manifest, write_manifest
 from stgt_pipeline.params import Params
 from stgt_pipeline.sources.synthetic import write_mp4
 
@@ -178,3 +178,48 @@ def test_s3_root_keeps_the_url_and_probes_through_temporary_copies(root, tmp_pat
     assert files_exist(manifest).tolist() == [True, True, False]  # validate's check, from one listing
     with pytest.raises(StgtError, match="a local file is needed when prepare.folder.root is a URL"):
         prepare_folder("s3://bench/mine", "caps.jsonl", tmp_path / "out2")
+
+
+@pytest.mark.parametrize("escape", ["../../../../etc/passwd", "../outside/clip.mp4", "sub/../../outside/clip.mp4"])
+def test_a_video_path_that_leaves_the_root_is_refused_before_anything_is_read(root, tmp_path, clip_bytes, escape):
+    """#17 item 1: only absolute paths were refused; '..' let prepare read and hash /etc/passwd, and a clip beside the
+    root was decoded and trained on."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "clip.mp4").write_bytes(clip_bytes)  # a real clip: it would probe and decode fine
+    write_jsonl(root / "caps.jsonl", [{"video": "a.mp4", "caption": "fine"}, {"video": escape, "caption": "x"}])
+    with pytest.raises(StgtError) as err:
+        prepare_folder(root, "caps.jsonl", tmp_path / "out")
+    assert "caps.jsonl:2: field 'video'" in str(err.value) and "leaves prepare.folder.root" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_s3_key_that_leaves_the_root_is_refused(tmp_path):
+    captions = write_jsonl(tmp_path / "caps.jsonl", [{"video": "../other-prefix/a.mp4", "caption": "x"}])
+    params = Params.model_validate({"prepare": {"source": "folder",
+                                                "folder": {"root": "s3://bench/mine/", "captions": str(captions)}}})
+    with pytest.raises(StgtError, match=r"caps\.jsonl:1: field 'video': '\.\./other-prefix/a\.mp4' leaves"):
+        prepare.run(params, {}, {"dataset": tmp_path / "out"})
+
+
+def test_a_manifest_naming_a_file_outside_its_root_is_refused_by_every_reader(root, tmp_path):
+    """Whoever wrote it (an older prepare, a hand-edited file), validate and extract_frames read manifests through
+    read_manifest, which refuses a path that leaves the data root."""
+    write_jsonl(root / "caps.jsonl", [{"video": "a.mp4", "caption": "fine"}])
+    prepare_folder(root, "caps.jsonl", tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out")
+    table = manifest.table.assign(path=["../outside/clip.mp4"])
+    (tmp_path / "edited").mkdir()
+    write_manifest(table, tmp_path / "edited", manifest.data_root, "folder")
+    with pytest.raises(StgtError, match=r"1 video path\(s\) leave the data root .*'\.\./outside/clip\.mp4'"):
+        read_manifest(tmp_path / "edited")
+
+
+def test_benchmark_lookup_never_matches_a_name_outside_the_root():
+    """Benchmark annotations name videos that are looked up in one listing of the root: a '..' name matches nothing
+    (the video counts as missing), and a listed key with '..' in it (S3 allows one) is not taken as a video."""
+    from stgt_pipeline.sources.benchmarks.lookup import VideoIndex
+
+    index = VideoIndex.from_paths("s3://bench/root", ["a.mp4", "clips/b.mp4", "../secret/c.mp4", "x/../../d.mp4"])
+    assert index.find(["../../../../etc/passwd"]) is None
+    assert index.find(["../secret/c.mp4"]) is None and index.find(["c.mp4"]) is None and index.find(["d.mp4"]) is None
+    assert index.find(["../clips/b.mp4", "b.mp4"]) == "clips/b.mp4"

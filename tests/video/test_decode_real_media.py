@@ -140,3 +140,24 @@ def test_display_rotation_matches_numpy_rotation_of_the_stored_picture(tmp_path,
     assert clip.rotation == (-ccw) % 360
     assert clip.frames.shape[1:] == expected.shape
     assert np.abs(clip.frames[0].astype(int) - expected).mean() < 8  # H.264 + 4:2:0 chroma blur the edges
+
+
+@pytest.mark.parametrize("name, frames", [
+    ("codecs/moviepy_no_duration_vp9.webm", 74),  # VP9 in WebM, no Duration element
+    ("codecs/imageio_test_h264_in_matroska.webm", 94),  # H.264 in Matroska, no frame duration in the header
+])
+def test_probe_measures_the_duration_on_the_stream_when_the_container_records_none(name, frames):
+    """#17 item 10: validate refused these valid videos (duration 0.0, below duration_s.min). The probe measures the
+    duration on the stream's packets and records that it did (manifest column duration_from)."""
+    from stgt_model.video.probe import probe
+
+    info = probe(VIDEOS / name)
+    assert info.duration_from == "packets"
+    assert info.duration == pytest.approx(frames / info.fps, rel=0.1)
+    assert info.num_frames == frames
+
+
+def test_probe_says_where_a_header_duration_came_from():
+    from stgt_model.video.probe import probe
+
+    assert probe(VIDEOS / "captioned/mmaction2_demo_arm_wrestling.mp4").duration_from in ("stream", "container")

@@ -25,7 +25,9 @@ class VideoIndex:
     def from_paths(cls, root: str, rel_paths: Iterable[str]) -> "VideoIndex":
         index = cls(root)
         # Shallowest first, then alphabetical: the same result whatever order the listing came in.
-        for rel in sorted(rel_paths, key=lambda p: (p.count("/"), p)):
+        # A listed path never leaves the root; an object key with '..' in it (S3 allows one) is not a video of it.
+        inside = (p for p in rel_paths if not p.startswith("/") and ".." not in p.split("/"))
+        for rel in sorted(inside, key=lambda p: (p.count("/"), p)):
             name = PurePosixPath(rel).name
             if name in index.by_name:
                 index.duplicates.setdefault(name, [index.by_name[name]]).append(rel)
