@@ -112,6 +112,8 @@ class ValidateConfig(Section):
     fps: Range = Range(min=1, max=240)
     min_caption_chars: int = Field(3, ge=1)
     required_splits: list[Literal["train", "val", "test"]] = ["train", "test"]
+    max_failed_share: float = Field(0.0, ge=0.0, le=1.0, description="videos that fail a per-video expectation are "
+                                    "quarantined, up to this share of the manifest; above it (default: any) the stage fails")
 
 
 class ExtractFramesConfig(Section):

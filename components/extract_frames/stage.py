@@ -4,7 +4,8 @@ Output folder (written whole or not at all):
   shards/frames-00000.npy  (n, T, S, S, 3) uint8 RGB in np.save format (open with np.load(..., mmap_mode="r")),
                            at most `shard_size` clips each, in manifest order
   index.parquet            one row per extracted clip: its shard and offset, and how it was read and sampled
-  quarantine.json          [{video_id, path, reason}] for every video that could not be read
+  quarantine.json          [{video_id, path, reason}] for every video that could not be read, is blank or a single
+                           frame, or that the validate gate quarantined (reason "validate: ...", not decoded)
   frames_suite.html/.json  the Great Expectations gate on per-clip statistics
   config.resolved.yaml
 Train clips are sampled with `train_sampling`, all other splits with `eval_sampling`; the random modes draw from
@@ -46,13 +47,13 @@ SUITE = Path(__file__).with_name("suite.json")  # the frames suite (GX expectati
 
 def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Any]:
     cfg: ExtractFramesConfig = params.section("extract_frames")
-    if inputs.get("validation") is not None:
-        check_validation(inputs["validation"])
+    refused = check_validation(inputs["validation"]) if inputs.get("validation") is not None else {}
     manifest = read_manifest(inputs["dataset"])
     table = manifest.table.reset_index(drop=True)
     if table.empty:
         raise StageFailed(f"extract_frames: the manifest in {inputs['dataset']} lists no videos")
     requests = clip_requests(manifest, cfg)
+    todo = [i for i, video_id in enumerate(table["video_id"]) if video_id not in refused]  # positions to decode
     mirrors = mirror_sources(table)
     frames_dir = outputs["frames"]
     failed = failed_dir(frames_dir)
@@ -61,18 +62,24 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
     with atomic_dir(frames_dir) as tmp:
         shards = ShardWriter(tmp / "shards", cfg.shard_size)
         index_rows: list[dict[str, Any]] = []
-        quarantine: list[dict[str, str]] = []
+        # Videos the validate gate quarantined are not decoded: they keep validate's reason here.
+        quarantine: list[dict[str, str]] = [
+            {"video_id": row["video_id"], "path": row["path"], "reason": f"validate: {refused[row['video_id']]}"}
+            for _, row in table.iterrows() if row["video_id"] in refused]
         stats_rows: list[dict[str, Any]] = []
-        results = read_clips_fetched(requests, cfg.workers, cfg.timeout_s)
-        for position, result in tqdm(results, total=len(requests), desc="extract_frames", unit="clip",
+        results = read_clips_fetched([requests[i] for i in todo], cfg.workers, cfg.timeout_s)
+        for position, result in tqdm(results, total=len(todo), desc="extract_frames", unit="clip",
                                      file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30):
+            position = todo[position]
             row = table.iloc[position]
             if isinstance(result, ClipFailure):
                 quarantine.append({"video_id": row["video_id"], "path": row["path"], "reason": result.reason})
                 continue
             stats = clip_stats(row["video_id"], result.frames)
             if stats["is_blank"]:  # decodable but useless for training: a per-item failure like any other
-                reason = (f"blank clip: pixel std {stats['pixel_std']} below {BLANK_PIXEL_STD}"
+                reason = (f"one frame: the clip holds a single picture, repeated {cfg.num_frames} times it shows no "
+                          "motion" if result.frame_count == 1 else
+                          f"blank clip: pixel std {stats['pixel_std']} below {BLANK_PIXEL_STD}"
                           if stats["pixel_std"] < BLANK_PIXEL_STD else "blank clip: every sampled frame identical")
                 quarantine.append({"video_id": row["video_id"], "path": row["path"], "reason": reason})
                 continue
@@ -119,11 +126,22 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
     }
 
 
-def check_validation(report_dir: Path) -> None:
-    """The validate stage is an ordering dependency; refuse a report that says the manifest failed."""
+def check_validation(report_dir: Path) -> dict[str, str]:
+    """The validate stage's verdict on the manifest: only a report that says it passed lets the stage run (a folder
+    without one, e.g. empty or never written, does not). Returns the videos validate quarantined: {video_id: reason}.
+    """
     result = Path(report_dir) / "result.json"
-    if result.exists() and not json.loads(result.read_text(encoding="utf-8")).get("success", False):
-        raise StageFailed(f"extract_frames: {result} says the manifest failed validation; fix it and re-run validate")
+    rerun = "run `stgt validate` first" if not result.exists() else "fix it and re-run validate"
+    try:
+        verdict = json.loads(result.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageFailed(f"extract_frames: no validation result in {report_dir} (expected {result.name}); "
+                          f"{rerun}") from None
+    except (OSError, ValueError) as exc:
+        raise StageFailed(f"extract_frames: {result} is not a readable validation result ({exc}); {rerun}") from None
+    if not isinstance(verdict, dict) or verdict.get("success") is not True:
+        raise StageFailed(f"extract_frames: {result} says the manifest failed validation; {rerun}")
+    return {str(q["video_id"]): str(q["reason"]) for q in verdict.get("quarantined") or []}
 
 
 def clip_requests(manifest: Manifest, cfg: ExtractFramesConfig) -> list[ClipRequest]:

@@ -27,6 +27,28 @@ class SuiteResult:
     summary: list[str]
     statistics: dict[str, Any]
     results: list[dict[str, Any]] = field(default_factory=list)
+    # Each failed expectation's failing rows, all of them (results keeps 5 examples): the row's id column value and
+    # the checked values, as GX lists them. Not in as_dict: on a web-scale table it is as long as the table.
+    failing_rows: list[list[dict[str, Any]]] = field(default_factory=list, repr=False)
+
+    def per_row_failures(self, id_column: str = "video_id") -> dict[str, list[str]] | None:
+        """{row id: [why, ...]} when every failed expectation is about single, named rows (a value out of range, a
+        missing file), so that dropping those rows is an answer; None when one is about the table as a whole (too few
+        rows, a required split absent), could not be evaluated, or fails a row without an id."""
+        failures: dict[str, list[str]] = {}
+        for row, failing in zip(self.results, self.failing_rows):
+            if row["success"]:
+                continue
+            if row.get("error") or not row.get("unexpected_count") or len(failing) != row["unexpected_count"]:
+                return None
+            what = _label(row)
+            for item in failing:
+                row_id = item.get(id_column)
+                if row_id is None or (isinstance(row_id, float) and row_id != row_id):
+                    return None
+                values = ", ".join(f"{k}={_plain(v)!r}" for k, v in item.items() if k != id_column)
+                failures.setdefault(str(row_id), []).append(f"{what}: {values}" if values else what)
+        return failures
 
     def as_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, "success": self.success, "summary": self.summary,
@@ -65,7 +87,7 @@ def validate_dataframe(
     except SuiteParameterError as exc:  # "No value found for $PARAMETER <name>": say which suite file asks for it
         raise StgtError(f"{suite}: {exc}; the stage gives this suite no such parameter") from None
 
-    rows, summary = [], []
+    rows, summary, failing_rows = [], [], []
     for r in result.results:
         cfg = r.expectation_config
         kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
@@ -84,12 +106,14 @@ def validate_dataframe(
             row["success"] = False
             row["error"] = r.exception_info.get("exception_message")
         rows.append(row)
+        failing_rows.append(list(res.get("unexpected_index_list") or []) if not row["success"] else [])
         if not row["success"]:
             summary.append(_explain(row))
     stats = dict(result.statistics)
     stats["rows"] = len(df)
     success = bool(result.success) and all(r["success"] for r in rows)
-    out = SuiteResult(suite=spec["name"], success=success, summary=summary, statistics=_jsonable(stats), results=rows)
+    out = SuiteResult(suite=spec["name"], success=success, summary=summary, statistics=_jsonable(stats), results=rows,
+                      failing_rows=failing_rows)
     if html_path is not None:
         Path(html_path).write_text(render_html(out, title or f"Data quality: {out.suite}"), encoding="utf-8")
     return out
@@ -114,9 +138,13 @@ def gate(stage: str, df: pd.DataFrame, suite: Path, expectation_parameters: dict
     return result
 
 
-def _explain(row: dict[str, Any]) -> str:
+def _label(row: dict[str, Any]) -> str:
     column = row["kwargs"].get("column") or row["kwargs"].get("column_list") or ""
-    what = f"{row['expectation']}({column})" if column else row["expectation"]
+    return f"{row['expectation']}({column})" if column else row["expectation"]
+
+
+def _explain(row: dict[str, Any]) -> str:
+    what = _label(row)
     if row.get("error"):
         return f"{what}: could not be evaluated: {row['error']}"
     if row.get("unexpected_count"):
@@ -125,13 +153,22 @@ def _explain(row: dict[str, Any]) -> str:
     return f"{what}: observed {row['observed_value']!r}"
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (False, not np.False_)."""
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def render_html(result: SuiteResult, title: str) -> str:
-    status = "PASSED" if result.success else "FAILED"
-    colour = "#1a7f37" if result.success else "#cf222e"
+def render_html(result: SuiteResult, title: str, quarantine: list[dict[str, Any]] | None = None,
+                passed: bool | None = None) -> str:
+    """The report page. `quarantine` ({video_id, path, reason} rows the gate set aside) adds a table listing each;
+    `passed` overrides the status line (a gate that passes once its quarantined rows are set aside)."""
+    passed = result.success if passed is None else passed
+    status = ("PASSED" if passed else "FAILED") + (f", {len(quarantine)} quarantined" if quarantine else "")
+    colour = "#1a7f37" if passed else "#cf222e"
     body = []
     for r in result.results:
         mark = "&#10003;" if r["success"] else "&#10007;"
@@ -143,6 +180,10 @@ def render_html(result: SuiteResult, title: str) -> str:
             f"<tr class={'ok' if r['success'] else 'bad'}><td>{mark}</td><td>{html.escape(r['expectation'])}</td>"
             f"<td><code>{detail}</code></td><td>{html.escape(str(observed))}</td></tr>")
     stats = ", ".join(f"{k}: {v}" for k, v in result.statistics.items())
+    set_aside = "" if not quarantine else (
+        f"<h2>Quarantined ({len(quarantine)})</h2><table><tr><th>video_id</th><th>path</th><th>reason</th></tr>"
+        + "".join(f"<tr class=bad><td>{html.escape(str(q['video_id']))}</td><td>{html.escape(str(q['path']))}</td>"
+                  f"<td>{html.escape(str(q['reason']))}</td></tr>" for q in quarantine) + "</table>")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse}}
@@ -152,6 +193,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 <p class="status">{status}</p><p>{html.escape(stats)}</p>
 <table><tr><th></th><th>expectation</th><th>arguments</th><th>observed</th></tr>
 {''.join(body)}
-</table><p>Great Expectations suite <code>{html.escape(result.suite)}</code>.</p>
+</table>{set_aside}<p>Great Expectations suite <code>{html.escape(result.suite)}</code>.</p>
 </body></html>
 """

@@ -67,8 +67,16 @@ def params(**overrides) -> Params:
     return Params.model_validate({"extract_frames": section})
 
 
+def passed_validation(folder: Path, quarantined: list[dict] | None = None) -> Path:
+    """A validate report that lets extract_frames run (as `stgt validate` writes it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").write_text(json.dumps({"success": True, "quarantined": quarantined or []}))
+    return folder
+
+
 def run(cfg: Params, dataset: Path, out: Path) -> dict:
-    return extract_frames.run(cfg, {"dataset": dataset, "validation": dataset / "no-report"}, {"frames": out})
+    validation = passed_validation(dataset / "validate-report")  # inside the dataset: nothing beside the output
+    return extract_frames.run(cfg, {"dataset": dataset, "validation": validation}, {"frames": out})
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +176,55 @@ def test_validation_report_that_failed_stops_the_stage(tmp_path):
     (tmp_path / "result.json").write_text(json.dumps({"success": False}))
     with pytest.raises(StageFailed, match="failed validation"):
         extract_frames.check_validation(tmp_path)
+
+
+@pytest.mark.parametrize("content", [None, "", "{not json", "[]", '{"summary": []}'])
+def test_a_validation_folder_without_a_passing_result_stops_the_stage(dataset, tmp_path, content):
+    """#17 item 11: `extract_frames --validation EMPTY_DIR` passed the gate (only a result saying "failed" stopped
+    it). A folder without a readable result.json that says success must stop it, before anything is written."""
+    empty = tmp_path / "validate"
+    empty.mkdir()
+    if content is not None:
+        (empty / "result.json").write_text(content)
+    with pytest.raises(StageFailed, match=r"extract_frames: (no validation result in|.*result\.json (is not a|says))"):
+        extract_frames.run(params(), {"dataset": dataset, "validation": empty}, {"frames": tmp_path / "frames"})
+    assert not (tmp_path / "frames").exists()
+
+
+def test_videos_validate_quarantined_are_not_decoded_and_keep_its_reason(dataset, tmp_path, monkeypatch):
+    """validate.max_failed_share set a video aside: extract_frames lists it in its quarantine with validate's reason
+    and never opens it; every video is still extracted or quarantined."""
+    reason = "expect_column_values_to_be_between(duration): duration=0.0"
+    validation = passed_validation(tmp_path / "validate", [{"video_id": "e", "path": "videos/e.mp4", "reason": reason}])
+    opened = []
+    real = extract_frames.read_clips_fetched
+    monkeypatch.setattr(extract_frames, "read_clips_fetched",
+                        lambda requests, *a: (opened.extend(r.key for r in requests), real(requests, *a))[1])
+    summary = extract_frames.run(params(), {"dataset": dataset, "validation": validation}, {"frames": tmp_path / "f"})
+    assert "e" not in opened
+    quarantine = {q["video_id"]: q["reason"] for q in json.loads((tmp_path / "f" / "quarantine.json").read_text())}
+    assert quarantine["e"] == f"validate: {reason}"
+    assert summary["videos"] == summary["extracted"] + summary["quarantined"]
+    assert "e" not in set(pd.read_parquet(tmp_path / "f" / "index.parquet")["video_id"])
+
+
+def test_a_one_frame_clip_is_quarantined_as_one_frame_not_blank(tmp_path):
+    """#17 item 10: a single-frame clip was quarantined as "blank clip: every sampled frame identical"."""
+    root = tmp_path / "prepared"
+    (root / "videos").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with av.open(str(root / "videos" / "still.mp4"), "w") as out:  # one picture with plenty of detail
+        stream = out.add_stream("libx264", rate=8)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        picture = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode())
+    make_dataset(root, {"s": "still.mp4"})
+    summary = run(params(), root, tmp_path / "frames")
+    assert (summary["videos"], summary["extracted"], summary["quarantined"]) == (6, 5, 1)
+    [entry] = json.loads((tmp_path / "frames" / "quarantine.json").read_text())
+    assert entry["video_id"] == "s" and entry["reason"].startswith("one frame"), entry
 
 
 @pytest.mark.parametrize("frames, blank", [

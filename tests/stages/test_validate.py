@@ -84,3 +84,49 @@ def test_ranges_come_from_params(tmp_path, dataset):
     with pytest.raises(StageFailed, match=r"expect_column_values_to_be_between\(width\): 3 of 3 rows fail"):
         run_stage("validate", params_path=params, inputs={"dataset": root},
                   outputs={"report": tmp_path / "r"}, metrics_path=tmp_path / "m.json")
+
+
+def validate_with(tmp_path, root, text):
+    params = tmp_path / "p.yaml"
+    params.write_text(text)
+    return run_stage("validate", params_path=params, inputs={"dataset": root},
+                     outputs={"report": tmp_path / "reports" / "validate"}, metrics_path=tmp_path / "m.json")
+
+
+def test_per_video_failures_within_max_failed_share_are_quarantined_with_their_reason(tmp_path, dataset, capsys):
+    """#17 'Also': one bad row failed validate for the whole dataset. Within validate.max_failed_share each failing
+    video is set aside with its reasons, counted, listed in result.json and in the report; the rest passes."""
+    root, rows = dataset
+    rows.append(row(root, "d", "train", seed=4))
+    rows.append(dict(row(root, "e", "test", seed=5), duration=0.0))  # a container that says nothing
+    (root / "videos" / "d.mp4").unlink()
+    write_manifest(pd.DataFrame(rows), root, root, "test")
+    summary = validate_with(tmp_path, root, "validate:\n  max_failed_share: 0.4\n")
+    assert summary["success"] and (summary["videos"], summary["quarantined"]) == (5, 2)
+    result = json.loads((tmp_path / "reports" / "validate" / "result.json").read_text())
+    assert result["success"] and result["without_quarantined"]["success"]
+    reasons = {q["video_id"]: (q["path"], q["reason"]) for q in result["quarantined"]}
+    assert reasons["d"] == ("videos/d.mp4", "expect_column_values_to_be_in_set(file_exists): file_exists=False")
+    assert reasons["e"][1].startswith("expect_column_values_to_be_between(duration): duration=0.0")
+    html = (tmp_path / "reports" / "validate" / "report.html").read_text()
+    assert "PASSED, 2 quarantined" in html and "videos/d.mp4" in html and "videos/e.mp4" in html
+    err = capsys.readouterr().err
+    assert "validate: 2 of 5 videos quarantined" in err and "- d (videos/d.mp4): " in err
+
+    # Above the share the stage fails as before, saying why, and the failing videos are in the report.
+    with pytest.raises(StageFailed, match=r"2 of 5 videos fail \(40.0%\), above validate.max_failed_share 20.0%"):
+        validate_with(tmp_path, root, "validate:\n  max_failed_share: 0.2\n")
+    assert not json.loads((tmp_path / "reports" / "validate.failed" / "result.json").read_text())["success"]
+
+
+def test_a_failure_of_the_whole_manifest_is_not_quarantined_away(tmp_path, dataset):
+    """A required split that is absent is about the dataset, not one video: no share lets it pass; neither does a
+    rest that fails once the bad videos are set aside (here: the only test video is the bad one)."""
+    root, rows = dataset
+    write_manifest(pd.DataFrame([r for r in rows if r["split"] != "test"]), root, root, "test")
+    with pytest.raises(StageFailed, match=r"an expectation about the whole manifest.*\n.*distinct_values_to_contain"):
+        validate_with(tmp_path, root, "validate:\n  max_failed_share: 0.9\n")
+    rows[2]["duration"] = 0.0  # c, the test video
+    write_manifest(pd.DataFrame(rows), root, root, "test")
+    with pytest.raises(StageFailed, match=r"after setting aside 1 video\(s\) within max_failed_share, the rest still"):
+        validate_with(tmp_path, root, "validate:\n  max_failed_share: 0.5\n")
