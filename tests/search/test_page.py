@@ -220,3 +220,20 @@ def test_serve_without_an_index_is_one_line(tmp_path):
     args = parser.parse_args(["serve", "--index", str(tmp_path / "missing"), "--port", "0"])
     with pytest.raises(StgtError, match="no index at .*missing.*stgt index"):
         args.func(args)
+
+
+def test_a_clip_under_a_url_is_read_by_range(s3):
+    """An index built from s3://... lists URLs: the server reads them through fsspec, seeking like a file."""
+    from stgt_pipeline.search.page import content_type, open_clip
+
+    data = bytes(range(256)) * 40
+    s3.put_object(Bucket="bench", Key="clips/a.mp4", Body=data)
+    with open_clip("s3://bench/clips/a.mp4") as (size, f):
+        assert size == len(data)
+        f.seek(1000)
+        assert f.read(300) == data[1000:1300]
+    assert content_type("s3://bench/clips/a.mp4") == "video/mp4"
+    assert content_type("https://example.org/v/b.webm?sig=x") == "video/webm"
+    with pytest.raises(FileNotFoundError):
+        with open_clip("s3://bench/clips/missing.mp4"):
+            pass
