@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from stgt_model.backbones import VisionBackbone
-from stgt_model.data import INDEX_NAME, SHARDS_ROOT_KEY, STORE_KIND_KEY, normalise_frames
+from stgt_model.data import INDEX_NAME, SHARDS_ROOT_KEY, STORE_KIND_KEY
+from stgt_model.features import build_frozen_backbone, clip_tokens, feature_extractor
 from stgt_model.graph import OFFICIAL_FRAME_WINDOW, build_graph, graph_statistics, to_edge_list
 from stgt_pipeline.errors import StageFailed, StgtError
 from stgt_pipeline.io.atomic import atomic_dir, failed_dir
@@ -130,18 +131,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_frozen_backbone(params: Params, device: torch.device) -> VisionBackbone:
-    # Imported here: the factory pulls in transformers, which the frames-only path does not need.
-    from stgt_model.factory import build_vision_backbone
-
-    backbone_cfg = params.model.backbone.model_copy(update={"frozen": True})
-    # A random-init backbone (tiny_vit) must still give the same features on a re-run.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        backbone = build_vision_backbone(backbone_cfg, load_weights=True)
-    # Channels-last: the layout normalise_frames hands over; about a third faster for convolutions on CPU.
-    # Folded BatchNorm (EfficientNet): another third. This backbone only extracts features; nothing saves it.
-    return backbone.to(device=device, memory_format=torch.channels_last).eval().optimize_for_inference()
+def build_extractor(params: Params, device: torch.device) -> VisionBackbone:
+    """The frozen backbone as a feature extractor: the same construction the served model uses
+    (stgt_model.features), so served features match the cached ones."""
+    return feature_extractor(build_frozen_backbone(params.model.backbone), device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,7 +146,7 @@ def write_features_and_graphs(params: Params, frames_dir: Path, frames_index: pd
     cfg: BuildGraphsConfig = params.section("build_graphs")
     threshold = cfg.sim_threshold if cfg.sim_threshold is not None else params.model.stgt.sim_threshold
     device = resolve_device(cfg.device)
-    backbone = build_frozen_backbone(params, device)
+    backbone = build_extractor(params, device)
     (tmp / "shards").mkdir()
     (tmp / "graphs").mkdir()
     index_rows: list[dict[str, Any]] = []
@@ -169,14 +162,13 @@ def write_features_and_graphs(params: Params, frames_dir: Path, frames_index: pd
             edges = ShardEdges()
             for start in range(0, len(rows), cfg.batch_size):
                 batch = rows.iloc[start:start + cfg.batch_size]
-                clips = torch.from_numpy(np.stack([frames[offset] for offset in batch["offset"]])).to(device)
-                tokens = backbone(normalise_frames(clips, backbone.mean, backbone.std, backbone.image_size)).half()
+                tokens = clip_tokens(backbone, np.stack([frames[offset] for offset in batch["offset"]]))
                 if features is None:  # the shard's shape is known once the backbone has spoken
                     features = np.lib.format.open_memmap(tmp / feature_shard, mode="w+", dtype=np.float16,
                                                          shape=(len(rows), *tokens.shape[1:]))
                 features[start:start + len(batch)] = tokens.cpu().numpy()
-                for video_id, clip_tokens in zip(batch["video_id"], tokens):
-                    stats_rows.append(edges.add(video_id, clip_tokens, threshold))
+                for video_id, one_clip in zip(batch["video_id"], tokens):
+                    stats_rows.append(edges.add(video_id, one_clip, threshold))
                 progress.update(len(batch))
             features.flush()
             del features

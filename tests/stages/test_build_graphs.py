@@ -79,7 +79,7 @@ def test_features_are_fp16_shards_aligned_with_the_frame_shards(inputs, cached):
     # The slot of a clip holds that clip's tokens: re-encode one with the same (seeded) backbone.
     row = frames_index.iloc[4]
     clip = np.load(frames_dir / row["shard"])[row["offset"]]
-    backbone = build_graphs.build_frozen_backbone(tiny_params(), torch.device("cpu"))
+    backbone = build_graphs.build_extractor(tiny_params(), torch.device("cpu"))
     with torch.inference_mode():
         expected = backbone(normalise_frames(torch.from_numpy(clip)[None], backbone.mean, backbone.std, 32))[0]
     stored = ClipStore(out).get(row["video_id"])
