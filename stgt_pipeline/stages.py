@@ -140,7 +140,8 @@ STAGES: tuple[Stage, ...] = (
         params=("build_graphs", "model"),
         inputs={"frames": "data/frames", "dataset": "data/prepared"},
         outputs={"features": "data/features"},
-        code=("stgt_model.backbones", "stgt_model.graph", "stgt_model.data", "stgt_pipeline.quality.gx"),
+        code=("stgt_model.backbones", "stgt_model.features", "stgt_model.graph", "stgt_model.data",
+              "stgt_pipeline.quality.gx"),
     ),
     Stage(
         name="pretrain",
@@ -185,10 +186,11 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="register",
         help="Log the fine-tuned models to MLflow, register them and move `champion` when they beat it (re-scored).",
-        params=("register", "model", "finetune", "evaluate"),
+        params=("register", "model", "finetune", "evaluate", "extract_frames"),
         inputs={"retrieval": "data/checkpoints/finetune/retrieval", "qa": "data/checkpoints/finetune/qa",
                 "report": "reports/evaluate", "features": "data/features", "dataset": "data/prepared"},
-        code=("stgt_pipeline.tracking.model_registry", *TRAINING_CODE, "stgt_model.metrics", "stgt_pipeline.scoring"),
+        code=("stgt_pipeline.tracking.model_registry", *TRAINING_CODE, "stgt_model.metrics", "stgt_pipeline.scoring",
+              "stgt_model.features", "stgt_model.video"),
         # The registry lives outside the workspace: DVC cannot tell whether it still holds this run's decision.
         cacheable=False,
     ),

@@ -29,6 +29,7 @@ import stgt_model
 from stgt_model.config import ModelConfig
 from stgt_model.data import ClipStore
 from stgt_model.factory import create_model
+from stgt_model.features import FrameSpec, build_frozen_backbone
 from stgt_model.qformer import build_tokenizer
 from stgt_pipeline.components.register import pyfunc as served
 from stgt_pipeline.errors import StgtError
@@ -37,10 +38,12 @@ from stgt_pipeline.scoring import evaluate_qa, evaluate_retrieval
 from stgt_pipeline.tracking import model_registry, runs
 from stgt_pipeline.training import MODEL_FILE, VOCAB_FILE, open_corpus, qa_model_config, text_processor
 
-SECTIONS = ["register", "model", "finetune", "evaluate"]
+SECTIONS = ["register", "model", "finetune", "evaluate", "extract_frames"]
 # What the served model imports (stgt_model's own needs included); versions as installed, which the Makefile and
 # the images install from requirements/lock.txt (torch without its local label: +cpu/+cu12x are not on PyPI).
-SERVING_PACKAGES = ("torch", "transformers", "mlflow", "numpy", "pandas", "pydantic", "safetensors")
+SERVING_PACKAGES = ("torch", "transformers", "mlflow", "numpy", "pandas", "pydantic", "safetensors",
+                    # reading a video as extract_frames does, and the EfficientNet architecture (weights travel)
+                    "av", "decord", "opencv-python-headless", "efficientnet-lite-pytorch")
 LOWER_IS_BETTER = ("MdR", "MnR")  # rank metrics; every other gate metric is a score or an accuracy
 EXAMPLE_TEXT = "a red circle moves from left to right"
 
@@ -100,11 +103,18 @@ def package(params: Params, task: str, checkpoint: Path, folder: Path) -> Path:
     state = torch.load(checkpoint / MODEL_FILE, map_location="cpu", weights_only=True)
     # Cloned: safetensors refuses tensors that share memory (tied weights load back into both places).
     save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, folder / served.WEIGHTS_FILE)
-    backbone = create_model(cfg, device="meta").backbone  # only its token shape: the served model takes features
+    backbone = create_model(cfg, device="meta").backbone  # its token shape, for the model's placeholder
     text_len = (params.evaluate.max_text_len if task == "retrieval" else params.finetune.qa.max_text_len)
+    frames = params.extract_frames
     config = {"task": task, "model": cfg.model_dump(mode="json"),
               "max_text_len": text_len or cfg.qformer.max_text_len,
-              "backbone": {"out_dim": backbone.out_dim, "grid": list(backbone.grid)}}
+              "backbone": {"out_dim": backbone.out_dim, "grid": list(backbone.grid)},
+              # How evaluation read a video, so a served video is read the same way (stgt_model.features).
+              "frames": FrameSpec(frames.num_frames, frames.size, frames.eval_sampling).as_dict(),
+              "evaluate": {"k_test": params.evaluate.k_test}}
+    if cfg.backbone.name != "hf_vision":  # a hf_vision backbone (~1B weights) is named by its local folder instead
+        state = build_frozen_backbone(cfg.backbone).state_dict()
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, folder / served.BACKBONE_FILE)
     (folder / served.CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
     if task == "qa":
         shutil.copy(checkpoint / VOCAB_FILE, folder / served.VOCAB_FILE)
@@ -122,11 +132,14 @@ def signature(task: str) -> Any:
     from mlflow.types.schema import AnyType, Array
 
     features = Array(Array(Array(DataType.double)))  # (T, 1 + h*w, C) per clip; float32 arrays convert safely
+    # A video is one of: a path or URL the server reads, the file's bytes in base64, or its cached tokens.
+    videos = [ColSpec(DataType.string, "video", required=False), ColSpec(DataType.string, "video_bytes", required=False),
+              ColSpec(features, "video_features", required=False)]
     if task == "qa":
-        inputs = Schema([ColSpec(features, "video_features"), ColSpec(DataType.string, "question")])
-        return ModelSignature(inputs, Schema([ColSpec(DataType.string, "answer", required=False)]))
-    inputs = Schema([ColSpec(DataType.string, "text", required=False),
-                     ColSpec(features, "video_features", required=False)])
+        inputs = Schema([*videos, ColSpec(DataType.string, "question")])
+        return ModelSignature(inputs, Schema([ColSpec(DataType.string, "answer", required=False),
+                                              ColSpec(DataType.double, "probability")]))
+    inputs = Schema([ColSpec(DataType.string, "text", required=False), *videos])
     return ModelSignature(inputs, Schema([ColSpec(AnyType(), "embedding")]))  # (E,) per text, (Q, E) per video
 
 
