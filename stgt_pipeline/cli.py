@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_commands(sub)
     from stgt_pipeline.tracking.cli import add_tracking_commands  # mlflow loads only when a command runs
     add_tracking_commands(sub)
+    from stgt_pipeline.search.cli import add_search_commands  # mlflow, faiss, torch load only when a command runs
+    add_search_commands(sub)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""`mlflow models serve` on the registered retrieval champion answers a video request over HTTP on loopback with
+the embedding `stgt index` stored for that clip, and a bad request with a 4xx and one line."""
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import requests
+
+from stgt_pipeline.search.index import VideoIndex
+from tests.search.conftest import SearchWorld, subprocess_env
+from tests.tracking.conftest import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+START_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def served(search_index: SearchWorld, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", search_index.model_uri, "--env-manager",
+             "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(search_index), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow models serve not up after {START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def invoke(url: str, records: list[dict]) -> requests.Response:
+    return requests.post(f"{url}/invocations", json={"dataframe_records": records}, timeout=120)
+
+
+def test_a_video_request_gets_the_embedding_stgt_index_stored(served: str, search_index: SearchWorld) -> None:
+    index = VideoIndex.open(search_index.index_dir)
+    row = index.videos.iloc[0]
+    by_path = invoke(served, [{"video": row["path"]}])
+    assert by_path.status_code == 200, by_path.text
+    embedding = np.asarray(by_path.json()["predictions"][0]["embedding"])
+    np.testing.assert_allclose(embedding, index.vectors[int(row["row"])], atol=1e-5)
+
+    by_bytes = invoke(served, [{"video_bytes": base64.b64encode(Path(row["path"]).read_bytes()).decode()}])
+    assert by_bytes.status_code == 200, by_bytes.text
+    np.testing.assert_allclose(np.asarray(by_bytes.json()["predictions"][0]["embedding"]), embedding, atol=1e-5)
+
+    text = invoke(served, [{"text": "a red circle moves from left to right"}])
+    assert text.status_code == 200 and len(text.json()["predictions"][0]["embedding"]) == embedding.shape[1]
+
+
+@pytest.mark.parametrize("record, says", [
+    ({"video": "/no/such/clip.mp4"}, "video not found: /no/such/clip.mp4"),
+    ({"video_bytes": base64.b64encode(b"these bytes are no video").decode()}, "not a readable video"),
+    ({"video_bytes": "%%% not base64 %%%"}, "video_bytes must be the file's bytes in base64"),
+    ({"clip": "a.mp4"}, "give either a `text` column or one video column"),
+], ids=["missing file", "not a video", "not base64", "wrong field"])
+def test_a_bad_request_gets_a_4xx_with_one_line(served: str, record: dict, says: str) -> None:
+    response = invoke(served, [record])
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:500])
+    message = response.json()["message"]
+    assert says in message and "\n" not in message.strip()
