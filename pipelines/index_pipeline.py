@@ -15,9 +15,9 @@ through MLflow with those of `mlflow_secret` (MLFLOW_TRACKING_*), as the stgt pi
 from cache: the same arguments can mean another model version (an alias moves) or other videos (the bucket changes).
 
     python -m stgt_pipeline.pipelines.index_pipeline          # rewrite pipelines/index_pipeline.yaml
-    stgt pipeline submit ... is for the training pipeline; submit this one from the file, e.g. with the KFP UI or
-    kfp.Client().create_run_from_pipeline_package("pipelines/index_pipeline.yaml",
-                                                   {"source": "s3://videos/2026/"})
+    # then upload the file in the KFP UI, or:
+    kfp.Client(host=...).create_run_from_pipeline_package("pipelines/index_pipeline.yaml",
+                                                          {"source": "s3://videos/2026/"})
 """
 # No `from __future__ import annotations`: kfp reads the component's annotations as types.
 import sys
