@@ -20,8 +20,8 @@ from stgt_pipeline.pipelines.index_pipeline import COMPILED, compile_pipeline
 from stgt_pipeline.pipelines.stgt_pipeline import CLUSTER_PARAMETERS
 from stgt_pipeline.search.models import DEFAULT_RETRIEVAL
 # The search tests' world (a tiny corpus trained, both models registered on a loopback MLflow server, the test
-# split indexed): imported, as tests/search/conftest.py imports the corpus fixtures it builds on.
-from tests.search.conftest import SearchWorld, search_index, search_server  # noqa: F401
+# split indexed): imported, as tests/search/world.py imports the corpus fixtures it builds on.
+from tests.search.world import SearchWorld, search_index, search_server  # noqa: F401
 from tests.stages.tiny_corpus import corpus, trained  # noqa: F401
 from tests.tracking.conftest import CLEARED_ENV
 

@@ -19,7 +19,7 @@ from stgt_pipeline.errors import StgtError
 from stgt_pipeline.search import index as search_index_module
 from stgt_pipeline.search import models
 from stgt_pipeline.search.index import Searcher, VideoIndex, build_index, list_source
-from tests.search.conftest import SearchWorld
+from tests.search.world import SearchWorld
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.search.conftest import subprocess_env
+from tests.search.world import subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from stgt_pipeline.search.index import VideoIndex
-from tests.search.conftest import SearchWorld, subprocess_env
+from tests.search.world import SearchWorld, subprocess_env
 from tests.tracking.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
