@@ -156,6 +156,9 @@ def build_index(source: str, out: Path, model_uri: str = models.DEFAULT_RETRIEVA
                 progress: bool = True) -> dict[str, Any]:
     """Embed the videos of `source` into the index at `out` (created or brought up to date)."""
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / INFO_FILE).is_file():
+        # The index replaces its folder whole: never a folder that holds something else.
+        raise StgtError(f"index: {out} exists and is not an index; give --out a new or empty folder")
     refs = list_source(source, split)
     if not refs:
         raise StgtError(f"index: {source} holds no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")

@@ -149,6 +149,12 @@ def test_index_refuses_bad_sources(search_env: SearchWorld, tmp_path: Path) -> N
     with pytest.raises(StgtError, match="has no split 'nope'"):
         list_source(str(search_env.dataset), split="nope")
     (tmp_path / "empty").mkdir()
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("not an index")
+    with pytest.raises(StgtError, match="exists and is not an index"):
+        build_index(str(search_env.dataset), keep, search_env.model_uri, progress=False)
+    assert (keep / "notes.txt").read_text() == "not an index"
     with pytest.raises(StgtError, match="holds no videos"):
         build_index(str(tmp_path / "empty"), tmp_path / "i", search_env.model_uri, progress=False)
     with pytest.raises(StgtError, match="not found in the registry"):

@@ -3,6 +3,7 @@ the embedding `stgt index` stored for that clip, and a bad request with a 4xx an
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,11 +28,14 @@ START_TIMEOUT_S = 240
 def served(search_index: SearchWorld, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    # The scoring server runs `uvicorn` from PATH: the interpreter's own bin folder first.
+    env = subprocess_env(search_index)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", search_index.model_uri, "--env-manager",
              "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(search_index), start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -48,7 +52,8 @@ def served(search_index: SearchWorld, tmp_path_factory: pytest.TempPathFactory) 
             time.sleep(1)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
