@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -34,18 +37,56 @@ def outputs_of(task_dir: Path) -> dict:
     return json.loads((task_dir / "executor_output.json").read_text())["artifacts"]
 
 
-@pytest.mark.slow  # about 2 min on 2 cores: every task is a fresh Python process importing its stage
+# The run is 15 tasks, each a fresh Python process: about 2 min on 2 idle cores, 10 min with the machine's 2 cores
+# shared 4 ways (load average 8: the longest silence, one task, was 75 s). A total wall-clock bound cannot tell that
+# from a hang: it failed a fresh-clone run at 600 s while every task was still finishing. A hang is a run that says
+# nothing: fail after IDLE_S without a new line (4x that longest task), and keep a total bound only as a backstop.
+IDLE_S = 300
+TOTAL_S = 3600
+
+
+def run_watched(cmd: list[str], **kwargs) -> tuple[int, str]:
+    """(exit code, stdout+stderr) of `cmd`; kills it and fails the test naming the last lines when it prints nothing
+    for IDLE_S seconds (stuck) or runs past TOTAL_S."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)  # end of output: the process has closed it
+
+    threading.Thread(target=read, daemon=True).start()
+    out: list[str] = []
+    start = time.monotonic()
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=IDLE_S)
+            except queue.Empty:
+                pytest.fail(f"run-local printed nothing for {IDLE_S}s (stuck?); last lines:\n{''.join(out[-20:])}")
+            if line is None:
+                return proc.wait(), "".join(out)
+            out.append(line)
+            if time.monotonic() - start > TOTAL_S:
+                pytest.fail(f"run-local still running after {TOTAL_S}s; last lines:\n{''.join(out[-20:])}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow  # about 2 min on 2 idle cores: every task is a fresh Python process importing its stage
 def test_run_local_runs_every_stage_and_publishes_typed_artifacts(tmp_path):
     # Tracking on, into a SQLite store of this test: register logs and registers the models there.
     env = {**os.environ, "TMPDIR": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "MLFLOW_EXPERIMENT_NAME": "stgt-local-run-test"}
     env.pop("STGT_TRACKING", None)
     args = [a for kv in TINY for a in ("--set", kv)]
-    proc = subprocess.run(
+    returncode, output = run_watched(
         [sys.executable, "-m", "stgt_pipeline.cli", "pipeline", "run-local", "--params", str(tiny_params(tmp_path)),
-         "--output-dir", str(tmp_path / "out"), "--shards", "2", *args],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+         "--output-dir", str(tmp_path / "out"), "--shards", "2", *args], cwd=tmp_path, env=env)
+    assert returncode == 0, output[-3000:]
     run = next((tmp_path / "out").glob("stgt-pipeline-*"))
     tasks = {p.name for p in run.iterdir()}
     expected = {f"{s.name}-{item}" if item else s.name for s in stages.STAGES for item in (s.foreach or ("",))}
