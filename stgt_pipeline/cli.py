@@ -101,14 +101,14 @@ def _outputs_command(args: argparse.Namespace) -> int:
     import json
 
     for stage in stages.STAGES:
-        metrics = Path(stage.metrics)
-        summary = json.loads(metrics.read_text()) if metrics.exists() else None
-        state = f"done in {summary.get('seconds', '?')}s" if summary else "not run"
+        found = [Path(p) for p in stage.summaries() if Path(p).exists()]
+        seconds = [json.loads(p.read_text()).get("seconds") for p in found]
+        state = (f"done in {' + '.join(f'{s}s' for s in seconds if s is not None) or '?'}" if found else "not run")
         print(f"{stage.name:<16} {state}")
         for key, path in stage.outputs.items():
             print(f"  {key:<14} {path}{'' if Path(path).exists() else '  (missing)'}")
-        if summary:
-            print(f"  {'summary':<14} {metrics}")
+        for path in found:
+            print(f"  {'summary':<14} {path}")
     return 0
 
 
@@ -126,7 +126,9 @@ def _check_params_option(args: argparse.Namespace) -> None:
     check_params_file(given)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stages_only: bool = False) -> argparse.ArgumentParser:
+    """The `stgt` parser; `stages_only`: the stage commands alone, for a stage's command line (what dvc runs), which
+    then does not import what the other command groups need to build their parsers (pandas, for one: a second)."""
     parser = argparse.ArgumentParser(
         prog="stgt",
         description="stgt-pipeline: train, evaluate and ship STGT video-language models. "
@@ -135,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for stage in stages.STAGES:
         _add_stage_parser(sub, stage)
+    if stages_only:
+        return parser
 
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (or --check that it is current)",
                        description="Render dvc.yaml from the stage table (stgt_pipeline/stages.py).")
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         from stgt_model import checkpoint_import
 
         return checkpoint_import.main(argv[1:])
-    parser = build_parser()
+    parser = build_parser(stages_only=bool(argv) and argv[0] in stages.BY_NAME)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -86,6 +86,10 @@ class Stage:
         """Small JSON summary of the run: a DVC metrics file, not cached."""
         return f"reports/{self.name}.json"
 
+    def summaries(self) -> list[str]:
+        """The summary files a `dvc repro` leaves: `metrics`, or one per item of a foreach stage (dvc_yaml.py)."""
+        return [f"reports/{self.name}/{item}.json" for item in self.foreach] if self.foreach else [self.metrics]
+
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
 

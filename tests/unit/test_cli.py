@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,20 @@ def test_restart_is_offered_by_exactly_the_stages_that_resume_from_a_work_folder
         assert ("--restart" in shown) == (stage.name in resumable), stage.name
         if stage.name in resumable:
             assert f"STGT_RESTART=1 dvc repro {stage.name}" in " ".join(shown.split())
+
+
+def test_outputs_reads_the_summaries_of_foreach_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """`stgt outputs` (which `make run` ends with) finds a foreach stage's summaries where dvc.yaml has it write
+    them, reports/<stage>/<item>.json, not reports/<stage>.json."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports" / "finetune").mkdir(parents=True)
+    (tmp_path / "reports" / "finetune" / "retrieval.json").write_text('{"seconds": 30.5}')
+    (tmp_path / "reports" / "finetune" / "qa.json").write_text('{"seconds": 50.1}')
+    (tmp_path / "reports" / "prepare.json").write_text('{"seconds": 12.0}')
+    assert main(["outputs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "finetune         done in 30.5s + 50.1s" in lines
+    assert "prepare          done in 12.0s" in lines
+    assert "validate         not run" in lines
+    assert "  summary        reports/finetune/qa.json" in lines
