@@ -20,20 +20,37 @@ def _add_overrides_option(p: argparse.ArgumentParser) -> None:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    """The main pipeline from the stage table and params, and the index pipeline beside it (both pin the images)."""
+    from stgt_pipeline.pipelines import index_pipeline
     from stgt_pipeline.pipelines.stgt_pipeline import compile_pipeline
 
     target = Path(args.output)
+    targets = [(target, lambda out: compile_pipeline(out, args.params))]
+    if target == Path(COMPILED):  # the checked-in pair; a custom --output writes the main pipeline only
+        targets.append((Path(index_pipeline.COMPILED), index_pipeline.compile_pipeline))
     if not args.check:
-        compile_pipeline(target, args.params)
-        print(f"wrote {target}")
+        for path, compile_to in targets:
+            compile_to(path)
+            print(f"wrote {path}")
         return 0
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = compile_pipeline(Path(tmp) / target.name, args.params).read_text()
-    if not target.exists() or target.read_text() != fresh:
-        raise StgtError(f"{target} is out of date with the stage table or {args.params}: run `stgt pipeline compile`")
-    print(f"{target} is current")
+    for path, compile_to in targets:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = compile_to(Path(tmp) / path.name).read_text()
+        if not path.exists() or path.read_text() != fresh:
+            raise StgtError(f"{path} is out of date with the stage table, {args.params} or the code its image holds: "
+                            "run `stgt pipeline compile`")
+        print(f"{path} is current")
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    from stgt_pipeline.kfp.build import images
+
+    chosen = [f for f in ("cpu", "cuda") if getattr(args, f)] or ["cpu", "cuda"]
+    for flavour in chosen:
+        print(images.cpu_image() if flavour == "cpu" else images.cuda_image())
     return 0
 
 
@@ -49,7 +66,7 @@ def _submit(args: argparse.Namespace) -> int:
     from stgt_pipeline.pipelines.submit import submit
 
     run_id = submit(args.host, args.namespace, args.experiment, args.params, args.overrides, args.run_name,
-                    args.wait, args.timeout)
+                    args.wait, args.timeout, enable_caching=False if args.no_cache else None)
     print(f"run {run_id} {'succeeded' if args.wait else 'submitted'} on {args.host}")
     return 0
 
@@ -66,6 +83,14 @@ def add_pipeline_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_params_option(p)
     p.add_argument("--check", action="store_true", help="exit non-zero when the file differs from a fresh compile")
     p.set_defaults(func=_compile)
+
+    p = sub.add_parser("images", help="print the image names the pipeline pins (a tag per build context)",
+                       description="The CPU and CUDA images the compiled pipelines run on: <version>-<digest of the "
+                                   "image's build context>. Build and push them under these names, e.g. "
+                                   "docker build -f infra/docker/Dockerfile.cpu -t \"$(stgt pipeline images --cpu)\" .")
+    p.add_argument("--cpu", action="store_true", help="only the CPU image")
+    p.add_argument("--cuda", action="store_true", help="only the CUDA image")
+    p.set_defaults(func=_images)
 
     p = sub.add_parser("run-local", help="run the whole pipeline here through kfp.local (no cluster)",
                        description="Run every stage as a Kubeflow component on this machine (kfp.local "
@@ -85,6 +110,8 @@ def add_pipeline_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default="stgt", metavar="NAME", help="experiment to file the run under (default: %(default)s)")
     p.add_argument("--run-name", default=None, metavar="NAME", help="name of the run (default: chosen by Kubeflow)")
     p.add_argument("--wait", action="store_true", help="wait for the run to finish and fail unless it succeeded")
+    p.add_argument("--no-cache", action="store_true",
+                   help="run every task even where Kubeflow holds a cached result for the same inputs and image")
     p.add_argument("--timeout", type=int, default=24 * 3600, metavar="S", help="--wait limit in seconds (default: %(default)s)")
     _add_params_option(p)
     _add_overrides_option(p)

@@ -88,12 +88,12 @@ def build_pipeline(params_path: str | Path = "params.yaml", stages: Sequence[Sta
         cluster = task_config.ClusterParams(args["mlflow_secret"], args["s3_secret"], args["gpu_node_selector"],
                                             args["gpu_tolerations"])
         finish = finish_run_component()(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        task_config.use_secrets(finish, cluster).set_caching_options(False)
+        task_config.retry_transient(task_config.use_secrets(finish, cluster)).set_caching_options(False)
         with dsl.ExitHandler(finish):
             opener = open_run_component(keys)(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                               kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                               **{p.name: args[p.name] for p in keys})
-            task_config.use_secrets(opener, cluster).set_caching_options(False)
+            task_config.retry_transient(task_config.use_secrets(opener, cluster)).set_caching_options(False)
             channels: dict[str, Any] = {}  # output path -> the task output producing it
             for component, iface in interfaces:
                 task = component.add(iface, WORKSPACE, args, channels, cluster)

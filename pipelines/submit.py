@@ -32,8 +32,9 @@ def check_reachable(host: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 
 def submit(host: str, namespace: str | None = None, experiment: str = "stgt", params_path: str | Path = "params.yaml",
            overrides: Sequence[str] = (), run_name: str | None = None, wait: bool = False,
-           timeout_s: int = 24 * 3600) -> str:
-    """Create a run; returns its id (and waits for it when `wait`, failing unless it succeeded)."""
+           timeout_s: int = 24 * 3600, enable_caching: bool | None = None) -> str:
+    """Create a run; returns its id (and waits for it when `wait`, failing unless it succeeded). `enable_caching`
+    False runs every task afresh (kfp overrides each task's caching option); None keeps the compiled ones."""
     check_reachable(host)  # before the slow imports, so a wrong URL fails at once
     import kfp
     from kfp_server_api.exceptions import ApiException
@@ -46,7 +47,8 @@ def submit(host: str, namespace: str | None = None, experiment: str = "stgt", pa
     try:
         client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get(TOKEN_ENV))
         run = client.create_run_from_pipeline_func(pipeline, arguments=arguments, run_name=run_name,
-                                                   experiment_name=experiment, namespace=namespace)
+                                                   experiment_name=experiment, namespace=namespace,
+                                                   enable_caching=enable_caching)
         if not wait:
             return run.run_id
         state = client.wait_for_run_completion(run.run_id, timeout=timeout_s).state

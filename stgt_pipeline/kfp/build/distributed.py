@@ -44,7 +44,8 @@ def add_stage(iface: StageInterface, workspace: str, params: dict[str, Any], inp
             workspace=workspace, num_nodes=nodes, procs_per_node=procs, timeout_s=args[f"{stage.name}_timeout_s"],
             mlflow_secret=cluster.mlflow_secret, s3_secret=cluster.s3_secret, **params, **inputs)
         # GPUs and placement per node: forwarded to the TrainJob, not applied to the launcher's pod.
-        task_config.configure_stage_task(launch, stage.resources, cluster, cacheable=False, gpus=procs)
+        # No retry of the launcher: its TrainJob reports its own failure, and a retry would start another job.
+        task_config.configure_stage_task(launch, stage.resources, cluster, cacheable=False, gpus=procs, retries=0)
     with dsl.Else(name=f"{stage.name}-single-node"):
         single = stage_component(iface, distributed=True)(workspace=workspace, procs_per_node=procs, **params,
                                                           **inputs)

@@ -15,7 +15,9 @@ from stgt_pipeline.kfp.conventions import RUN_ID_ENV, RUN_ID_LABEL
 from stgt_pipeline.stages import Resources
 
 GPU_RESOURCE = "nvidia.com/gpu"
-SHM_VOLUME = "dshm"  # PyTorch DataLoader workers share batches through /dev/shm; the container default is 64 MiB
+SHM_VOLUME = "dshm"
+TRANSIENT_RETRIES = 2
+RETRY_BACKOFF = "60s"  # PyTorch DataLoader workers share batches through /dev/shm; the container default is 64 MiB
 
 # Secret keys are the environment variable names they become (infra/k8s/base/secrets).
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -53,8 +55,17 @@ def set_resources(task: PipelineTask, resources: Resources, cluster: ClusterPara
     return task
 
 
+def retry_transient(task: PipelineTask, retries: int = TRANSIENT_RETRIES) -> PipelineTask:
+    """Retry a task whose failure may be passing (a preempted node, an object store or MLflow briefly away).
+    Stages may run again safely: outputs are written whole or not at all, and training resumes from its
+    checkpoints."""
+    return task.set_retry(num_retries=retries, backoff_duration=RETRY_BACKOFF, backoff_factor=2.0) if retries else task
+
+
 def configure_stage_task(task: PipelineTask, resources: Resources, cluster: ClusterParams,
-                         cacheable: bool, gpus: Optional[Union[int, PipelineParameterChannel]] = None) -> PipelineTask:
+                         cacheable: bool, gpus: Optional[Union[int, PipelineParameterChannel]] = None,
+                         retries: int = TRANSIENT_RETRIES) -> PipelineTask:
     set_resources(task, resources, cluster, gpus)
     use_secrets(task, cluster)
+    retry_transient(task, retries)
     return task.set_caching_options(enable_caching=cacheable)
