@@ -137,6 +137,12 @@ def train(
     call the model it is given (under DDP that is the wrapper, whose forward synchronises gradients). `dataset` is
     map-style (it needs a length). Under torchrun every rank calls `train()` with the same arguments; only rank 0
     writes checkpoints, calls `log(step, metrics)` and shows the progress bar. The process group is left open.
+
+    `log` is the hook through which a caller records curves (the pipeline fills it with a file and its experiment
+    tracker; this library imports no tracker): it is called every `cfg.log_every` steps and at the last step,
+    after that step's checkpoint, with `loss/<name>` (each loss term and `loss/total`, averaged over the steps since
+    the previous call and over ranks), `lr`, `grad_norm` (the global gradient norm of the logged step, before any
+    clipping), `samples_per_s` and `steps_per_s` (over the same window, all ranks together).
     """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -232,9 +238,13 @@ def _train(
                 for name, value in micro_losses.items():
                     window[name] = window.get(name, 0.0) + value.detach().float() / cfg.grad_accum
 
+            logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == total
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            elif logging_step:  # the norm of the step that is logged: one pass over the gradients per log, not per step
+                scaler.unscale_(optimizer)  # the true gradients' norm (scaler.step would unscale them the same way)
+                grad_norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -245,11 +255,12 @@ def _train(
             bar.update(1)
 
             metrics: dict[str, float] = {}
-            if step % cfg.log_every == 0 or step == total:
+            if logging_step:
                 losses = _mean_over_ranks(window, window_steps, world)
                 seconds = time.perf_counter() - window_started
                 metrics = {f"loss/{k}": v for k, v in losses.items()}
-                metrics |= {"lr": lr, "samples_per_s": window_steps * cfg.batch_size * cfg.grad_accum * world / seconds}
+                metrics |= {"lr": lr, "samples_per_s": window_steps * cfg.batch_size * cfg.grad_accum * world / seconds,
+                            "steps_per_s": window_steps / seconds}
                 if grad_norm is not None:
                     metrics["grad_norm"] = grad_norm.item()
                 bar.set_postfix(loss=f"{losses['total']:.4f}", lr=f"{lr:.2e}")

@@ -6,7 +6,8 @@ A training stage's output folder (written whole by the stage; resumable engine c
 meanwhile, which DVC does not delete before a re-run; `STGT_RESTART=1`, which `stgt <stage> --restart` sets, empties
 it first):
   model.pt              trainable weights and buffers (the frozen backbone comes from its own constructor)
-  curves.csv            step, phase, loss/* and lr of every logged step (the evaluate stage plots it)
+  curves.csv            step, phase, loss/*, lr, grad_norm, throughput of every logged step (evaluate plots it;
+                        the same numbers reach the stage's MLflow run as <phase>/<metric>: curve_logger)
   ans2label.json        qa only: the answer vocabulary
   skipped.json          instead of all the above, when the corpus has nothing for the task
   config.resolved.yaml
@@ -40,6 +41,7 @@ from stgt_model.qformer import TextProcessor, build_tokenizer
 from stgt_pipeline.errors import StgtError
 from stgt_pipeline.io.manifest import read_manifest
 from stgt_pipeline.params import ContrastivePhase
+from stgt_pipeline.tracking import runs
 
 MODEL_FILE = "model.pt"
 CURVES_FILE = "curves.csv"
@@ -184,14 +186,28 @@ def train_contrastive(model: STGTModel, model_cfg: ModelConfig, phase: Contrasti
 
 
 def curve_logger(path: Path, phase: str) -> LogFn:
-    """Append each logged step to a JSON-lines file (a resumed run appends after the steps it already logged)."""
+    """The engine's log hook for one training phase: each logged step appended to a JSON-lines file (a resumed run
+    appends after the steps it already logged) and handed to the stage's tracker under `<phase>/<metric>`
+    (`stage1/loss/vtc`, `retrieval/lr`, `qa/grad_norm`, ...), so that the phases of one run (pretrain's two) keep
+    curves of their own. The tracker batches them (runs.Tracker.log_step_metrics); the engine calls the hook on
+    rank 0 only."""
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(step: int, metrics: dict[str, float]) -> None:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"phase": phase, "step": step, **metrics}) + "\n")
+        runs.current().log_step_metrics({f"{phase}/{name}": value for name, value in metrics.items()}, step)
 
     return log
+
+
+def last_step(folder: Path, phase: str) -> int | None:
+    """The optimizer step a training stage's output ends at (its last logged step of `phase`), None when unknown."""
+    path = Path(folder) / CURVES_FILE
+    if not path.exists():
+        return None
+    steps = pd.read_csv(path, usecols=["phase", "step"]).query("phase == @phase")["step"]
+    return int(steps.max()) if len(steps) else None
 
 
 def write_curves(log_path: Path, csv_path: Path) -> None:

@@ -58,6 +58,10 @@ PROBE_TIMEOUT_S = 5.0
 # mlflow.environment_variables' (3.17.2); a value already in the environment wins.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+# MLflow 3's UI opens an experiment in the GenAI view (traces, assistant) unless the experiment says what it is: the
+# web app reads this tag (values of its ExperimentKind: "custom_model_development" is "Machine learning", the
+# runs / models view; "genai_development" the GenAI one). An experiment already tagged keeps the kind a user chose.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PARENT_RECORD = Path(".stgt") / "parent_run"
 MANIFEST_NAME = "manifest.parquet"  # stgt_pipeline.io.manifest.MANIFEST_NAME, without importing pandas and pyarrow
 # MLflow's dataset digest column holds 36 characters: a DVC directory md5 ("<32 hex>.dir") fits exactly.
@@ -333,6 +337,18 @@ class Tracker:
     def log_summary(self, summary: Mapping[str, Any], summary_file: str | Path) -> None:
         """The stage's summary numbers as metrics and its JSON file as an artifact."""
 
+    def log_step_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Per-step metrics of a loop (training curves): buffered and sent in batches (flush), so that tracking
+        costs the loop a request every STEP_METRICS_FLUSH_S seconds at most, not one per step."""
+
+    def flush(self) -> None:
+        """Send the buffered step metrics now (stage_run does when the stage ends, however it ends)."""
+
+
+# Buffered step metrics are sent when this many seconds passed since the last send, or when a batch is full.
+STEP_METRICS_FLUSH_S = 10.0
+METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+
 
 class MlflowTracker(Tracker):
     """Logs to one MLflow run. The first failed request is kept (`failure`) and nothing more is sent: the stage
@@ -343,6 +359,8 @@ class MlflowTracker(Tracker):
         self.run_id = run_id
         self.uri = uri
         self.failure: BaseException | None = None
+        self._pending: list[Any] = []  # mlflow.entities.Metric, buffered by log_step_metrics
+        self._flushed_at = time.monotonic()
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """`fn(*args, **kwargs)` unless a request failed already; a tracking failure is kept, not raised."""
@@ -384,6 +402,20 @@ class MlflowTracker(Tracker):
         self.log_metrics(numeric_metrics(summary))
         self.log_artifact(summary_file)
 
+    def log_step_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(metric_name(k), float(v), now, int(step)) for k, v in metrics.items())
+        if len(self._pending) >= METRICS_PER_BATCH or time.monotonic() - self._flushed_at >= STEP_METRICS_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._flushed_at = time.monotonic()
+        for start in range(0, len(pending), METRICS_PER_BATCH):
+            self.call(self.client.log_batch, self.run_id, metrics=pending[start:start + METRICS_PER_BATCH])
+
 
 _CURRENT: contextvars.ContextVar[Tracker] = contextvars.ContextVar("stgt_tracker", default=Tracker())
 
@@ -419,6 +451,7 @@ def dvc_invocation() -> str:
 
 
 def experiment_id(client: MlflowClient, uri: str) -> str:
+    """The experiment the runs go to, created (as a model-training experiment: EXPERIMENT_KIND) when missing."""
     from mlflow.exceptions import MlflowException
 
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):
@@ -427,11 +460,14 @@ def experiment_id(client: MlflowClient, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location(uri))
+            return client.create_experiment(name, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by a parallel task
             experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage != "active":
         raise StgtError(f"MLflow experiment {name!r} is deleted: restore it in the UI or set MLFLOW_EXPERIMENT_NAME")
+    if not any(key in experiment.tags for key in EXPERIMENT_KIND):  # made before the tag (or by someone else)
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -557,7 +593,9 @@ def _open_stage_run(client: MlflowClient, uri: str, stage: Stage, params: Params
         pipeline_tags, stage_tags, digests = _run_tags(stage, params, inputs)
         run_id, parent = _create_stage_run(client, uri, stage, pipeline_tags, stage_tags)
         # The fluent run makes mlflow.log_* and log_model inside the stage land here too; system metrics for stages
-        # that train (they ask for a GPU), else as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says.
+        # that train (they ask for a GPU), else as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says. GPU metrics
+        # (system/gpu_*) come with them where a GPU is present: MLflow's monitor reads it through nvidia-ml-py (in
+        # the lock) and leaves it out, silently, where NVML finds no GPU.
         mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
                          log_system_metrics=True if stage.resources.gpus > 0 else None)
     tracker = MlflowTracker(client, run_id, uri)
@@ -628,6 +666,7 @@ def stage_run(stage: Stage, params: Params, inputs: Mapping[str, Path], outputs:
         raise
     finally:
         _CURRENT.reset(token)
+        tracker.flush()  # the curves up to the end (or the failure)
         for path, name in _report_dirs(stage, outputs, failed=status != "FINISHED"):
             tracker.log_artifact(path, name)
         _close_stage_run(tracker, parent, status)

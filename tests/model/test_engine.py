@@ -153,6 +153,18 @@ def test_amp_and_clipping_run_on_cpu(tmp_path, amp):
     assert bool(scaler) == (amp == "fp16")  # only fp16 needs (and saves) loss scaling
 
 
+def test_log_hook_gets_each_loss_lr_grad_norm_and_throughput_without_changing_training(tmp_path):
+    logged = []
+    model, _ = run(tmp_path / "logged", config(steps=7, log_every=3), log=lambda s, m: logged.append((s, m)))
+    assert [s for s, _ in logged] == [3, 6, 7]  # every log_every steps and the last
+    for _, metrics in logged:
+        assert metrics.keys() == {"loss/total", "loss/ce", "lr", "grad_norm", "samples_per_s", "steps_per_s"}
+        assert metrics["grad_norm"] > 0  # reported without clipping too
+        assert metrics["samples_per_s"] == pytest.approx(8 * metrics["steps_per_s"])  # batch 8, one rank
+    quiet, _ = run(tmp_path / "quiet", config(steps=7, log_every=100))
+    assert_same_weights(model, quiet)  # measuring the norm on logged steps leaves the trajectory as it was
+
+
 def test_checkpoint_contents_pruning_and_finished_rerun(tmp_path):
     logged = []
     cfg = config(steps=6, checkpoint_every=2, keep_last=2)
