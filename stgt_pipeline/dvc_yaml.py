@@ -28,6 +28,9 @@ def stage_entry(stage: Stage, root: Path = Path(".")) -> dict:
     }
     if not stage.cacheable:
         entry["always_changed"] = True
+        # Kept while the stage runs (dvc deletes outputs first otherwise): a stage with nothing to do leaves it as
+        # it is (Stage.noop_check), so the repro changes neither it nor dvc.lock.
+        entry["metrics"] = [{stage.metrics: {"cache": False, "persist": True}}]
     return entry
 
 

@@ -4,6 +4,8 @@ The `stgt <stage>` CLI, dvc.yaml (through the CLI) and the Kubeflow components a
 """
 from __future__ import annotations
 
+import importlib
+import json
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +27,15 @@ def resolve_paths(defaults: Mapping[str, str], given: Mapping[str, str | Path] |
     return {k: Path(given.get(k, v)) for k, v in defaults.items()}
 
 
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """A stage's summary file as its last run left it, None when there is none (or it is not a summary)."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def run_stage(
     name: str,
     params_path: str | Path | None = None,
@@ -43,6 +54,16 @@ def run_stage(
             made = stages.producer_of(stage.inputs[key])
             hint = f": run `stgt {made[0].name}` first" if made else ""
             raise StgtError(f"{name}: input '{key}' not found at {path}{hint}")
+    if stage.noop_check and runs.enabled():
+        started = time.perf_counter()
+        summary_file = Path(metrics_path or stage.metrics)
+        previous = read_summary(summary_file)
+        module, function = stage.noop_check.split(":")
+        unchanged = getattr(importlib.import_module(module), function)(params, ins, outs, previous)
+        if unchanged is not None:  # nothing to do: no run opened, nothing logged
+            if unchanged != previous:
+                write_json(summary_file, unchanged)
+            return {**unchanged, "stage": name, "seconds": round(time.perf_counter() - started, 2)}
     with runs.stage_run(stage, params, ins, outs) as tracker:
         started = time.perf_counter()
         try:

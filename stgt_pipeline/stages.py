@@ -23,6 +23,13 @@ TRAINING_CODE = ("stgt_model.model", "stgt_model.qformer", "stgt_model.stgt", "s
                  "stgt_model.losses", "stgt_model.qa", "stgt_model.engine", "stgt_model.data", "stgt_model.factory",
                  "stgt_model.config", "stgt_pipeline.training")
 
+# What the evaluate stage plots (DVC plots): recall per direction, and per training phase (the pretrain stage's two,
+# one per fine-tuning task) its curves as `<CURVES_DIR>/<phase>.csv`, a file each so that each is a line of its own.
+EVALUATE_PLOTS = "reports/evaluate/plots"
+CURVES_DIR = f"{EVALUATE_PLOTS}/curves"
+RETRIEVAL_DIRECTIONS = ("t2v", "v2t")
+TRAINING_PHASES = ("pretrain-stage1", "pretrain-stage2", *(f"finetune-{task}" for task in FINETUNE_TASKS))
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -65,6 +72,11 @@ class Stage:
     # Resumes from engine checkpoints in `<output>.work/` (stgt_pipeline.training.open_work_dir): `stgt <stage>`
     # takes --restart, which empties that folder first.
     resumable: bool = False
+    # "module:function" the runner calls before it opens the stage's MLflow run: `check(params, inputs, outputs,
+    # previous)` (previous: the summary file the last run left, or None) returns the stage's summary when there is
+    # nothing to do (then nothing runs and nothing is logged), None to run the stage. For a stage that is never
+    # cached (`cacheable=False`), so that a repro with nothing new is still a no-op.
+    noop_check: str | None = None
 
     @property
     def package(self) -> str:
@@ -180,9 +192,15 @@ STAGES: tuple[Stage, ...] = (
         code=(*TRAINING_CODE, "stgt_model.metrics", "stgt_pipeline.scoring"),
         resources=Resources(cpu="4", memory="16Gi", gpus=1),
         metrics_files=("reports/evaluate/metrics.json",),
+        # One line per series: DVC draws one line per (file, column) and revision, never per value of a column, so
+        # recall is one column per direction and the curves one file per training phase (evaluate writes them).
         plots=(
-            {"reports/evaluate/plots/recall_at_k.csv": {"x": "k", "y": "recall", "title": "Recall@K (test)"}},
-            {"reports/evaluate/plots/curves.csv": {"x": "step", "y": "loss/total", "title": "training loss"}},
+            {"recall_at_k": {"title": "Recall@K (test)", "x": "k", "x_label": "K", "y_label": "R@K (%)",
+                             "y": {f"{EVALUATE_PLOTS}/recall_at_k.csv": list(RETRIEVAL_DIRECTIONS)}}},
+            {"training_loss": {"title": "training loss (total) per phase", "x": "step", "y_label": "loss",
+                               "y": {f"{CURVES_DIR}/{phase}.csv": "loss/total" for phase in TRAINING_PHASES}}},
+            {"learning_rate": {"title": "learning rate per phase", "x": "step", "y_label": "lr",
+                               "y": {f"{CURVES_DIR}/{phase}.csv": "lr" for phase in TRAINING_PHASES}}},
             "reports/evaluate/plots/recall_at_k.png",
             "reports/evaluate/plots/training_curves.png",
         ),
@@ -197,6 +215,8 @@ STAGES: tuple[Stage, ...] = (
               "stgt_model.features", "stgt_model.video"),
         # The registry lives outside the workspace: DVC cannot tell whether it still holds this run's decision.
         cacheable=False,
+        # ...so the stage asks it, in about a second: models already registered (same package digest) are a no-op.
+        noop_check=f"{COMPONENTS}.register.unchanged:nothing_new",
     ),
 )
 

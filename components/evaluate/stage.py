@@ -28,7 +28,9 @@ Output folder (written whole):
   metrics.json                       every number (DVC metrics)
   ranks_t2v.parquet, ranks_v2t.parquet   per-query rank (0-based) under evaluate.compat
   probe.parquet, qa_predictions.parquet
-  plots/recall_at_k.csv + .png, plots/curves.csv + training_curves.png (DVC plots)
+  plots/recall_at_k.csv (k, t2v, v2t) + .png, plots/curves.csv (every phase) + training_curves.png,
+  plots/curves/<phase>.csv (one per training phase, stages.TRAINING_PHASES): DVC plots, one line per direction and
+  per phase
 """
 from __future__ import annotations
 
@@ -43,8 +45,11 @@ from stgt_pipeline.components.evaluate.plots import plot_curves, plot_recall_at_
 from stgt_pipeline.io.atomic import atomic_dir
 from stgt_pipeline.params import EvaluateConfig, Params, write_resolved
 from stgt_pipeline.scoring import evaluate_probe, evaluate_qa, evaluate_retrieval
+from stgt_pipeline.stages import CURVES_DIR, EVALUATE_PLOTS, RETRIEVAL_DIRECTIONS, TRAINING_PHASES
+from stgt_pipeline.tracking import runs
 from stgt_pipeline.training import (
     SKIPPED_FILE,
+    last_step,
     open_corpus,
     read_curves,
     set_threads,
@@ -81,6 +86,7 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
                                                                   manifest, cfg.batch_size)
     finally:
         torch.set_grad_enabled(True)
+    log_at_checkpoint_steps(metrics, inputs)
 
     with atomic_dir(out_dir) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -88,14 +94,51 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
         plots = tmp / "plots"
         plots.mkdir()
-        recall_curve.to_csv(plots / "recall_at_k.csv", index=False)
+        recall_by_direction(recall_curve).to_csv(plots / "recall_at_k.csv", index=False)
         plot_recall_at_k(recall_curve, plots / "recall_at_k.png")
         curves = read_curves({"pretrain": inputs["pretrained"], "retrieval": inputs["retrieval"],
                                   "qa": inputs["qa"]})
         curves.to_csv(plots / "curves.csv", index=False)
+        write_phase_curves(curves, plots / Path(CURVES_DIR).relative_to(EVALUATE_PLOTS))
         plot_curves(curves, plots / "training_curves.png")
         write_resolved(params, SECTIONS, tmp / "config.resolved.yaml")
     return headline(metrics)
+
+
+def log_at_checkpoint_steps(metrics: dict[str, Any], inputs: dict[str, Path]) -> None:
+    """Each task's numbers in the stage's MLflow run at the step its checkpoint ended on, beside that phase's
+    training curves: `retrieval/eval/t2v.R_1` (and the temporal-order probe, which scores the same model) at the last
+    retrieval fine-tuning step, `qa/eval/accuracy` at the last QA step. The summary's headline is logged at step 0
+    as for every stage (runner)."""
+    tracker = runs.current()
+    sections = {"retrieval": {**metrics.get("retrieval", {}), "temporal_order": metrics.get("temporal_order", {})},
+                "qa": metrics.get("qa", {})}
+    for task, section in sections.items():
+        step = last_step(inputs[task], task)
+        numbers = runs.numeric_metrics(section)
+        if step is not None and numbers:
+            tracker.log_metrics({f"{task}/eval/{key}": value for key, value in numbers.items()}, step=step)
+
+
+def recall_by_direction(recall: pd.DataFrame) -> pd.DataFrame:
+    """k, t2v, v2t: a column per direction, which DVC plots draws as a line each (the long table's rows would
+    merge into one)."""
+    wide = recall.pivot(index="k", columns="direction", values="recall") if len(recall) else pd.DataFrame()
+    return wide.reindex(columns=list(RETRIEVAL_DIRECTIONS)).rename_axis(index="k", columns=None).reset_index()
+
+
+def write_phase_curves(curves: pd.DataFrame, folder: Path) -> None:
+    """`<phase>.csv` per training phase (stages.TRAINING_PHASES: pretrain-stage1, ..., finetune-qa), its logged
+    steps in order, so that DVC plots draws each phase as its own line; a phase that did not train (a skipped
+    task) gets the header alone."""
+    folder.mkdir(parents=True)
+    columns = list(dict.fromkeys(["step", "loss/total", "lr", *(c for c in curves.columns if c not in ("run", "phase"))]))
+    for name in TRAINING_PHASES:
+        phase = name.split("-", 1)[1]  # pretrain-stage1 -> stage1: phase names are unique across the stages
+        rows = curves[curves["phase"] == phase].sort_values("step").reindex(columns=columns)
+        # A column another phase logged (its own loss terms) is left out rather than written empty.
+        keep = [c for c in columns if c in ("step", "loss/total", "lr") or rows[c].notna().any()]
+        rows[keep].to_csv(folder / f"{name}.csv", index=False)
 
 
 def skipped(folder: Path, metrics: dict[str, Any], *keys: str) -> bool:

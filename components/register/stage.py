@@ -7,9 +7,13 @@ registers it (alias `challenger`), re-scores the current champion with the evalu
 (stgt_pipeline.scoring) on the same features and dataset, and moves `champion` when the gate metric
 (register.gate_metric, from reports/evaluate/metrics.json) beats it by more than register.margin; the first model
 of a name is promoted.
-Every decision is recorded as tags on the new version, with the evaluation data digest.
+Every decision is recorded as tags on the new version, with the evaluation data digest and the model's digests
+(`weights_digest`, `package_digest`: unchanged.py).
 
-Never cached (always_changed): the registry is state outside the workspace that DVC cannot see.
+Never cached (always_changed): the registry is state outside the workspace that DVC cannot see. A model whose
+package digest a version of its name already carries is not logged, registered or gated again; when that holds for
+every model, the runner stops before opening a run (unchanged.nothing_new), so a `dvc repro` with nothing new is a
+no-op.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from stgt_model.factory import create_model
 from stgt_model.features import FrameSpec, build_frozen_backbone
 from stgt_model.qformer import build_tokenizer
 from stgt_pipeline.components.register import pyfunc as served
+from stgt_pipeline.components.register import unchanged
 from stgt_pipeline.errors import StgtError
 from stgt_pipeline.params import Params
 from stgt_pipeline.scoring import evaluate_qa, evaluate_retrieval
@@ -57,10 +62,19 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
     digests = runs.input_digests({"features": inputs["features"], "dataset": inputs["dataset"]}, runs.project_dir())
     digest = runs.combined_digest(digests) if digests else ""
     summary: dict[str, Any] = {}
+    code = unchanged.code_digest()
     for task in cfg.models:
         name = f"{cfg.model_prefix}-{task}"
         if task not in report:
             raise StgtError(f"register {task}: {inputs['report']}/metrics.json has no {task!r} section")
+        # The same model (same package digest) is registered once: no new version, no re-scoring of the champion.
+        model_digests = unchanged.digests(params, task, Path(inputs[task]), code)
+        client = model_registry.registry_client()
+        found = model_registry.find_version(client, name, {unchanged.DIGEST_TAG: model_digests.package})
+        if found is not None:
+            summary[task] = unchanged.unchanged_summary(name, unchanged.Found(str(found.version), dict(found.tags)),
+                                                        model_digests)
+            continue
         with tempfile.TemporaryDirectory(prefix=f"stgt-register-{task}-") as tmp:
             folder = package(params, task, Path(inputs[task]), Path(tmp) / "stgt")
             model_uri = log_model(name, task, folder)
@@ -68,15 +82,16 @@ def run(params: Params, inputs: dict[str, Path], outputs: dict[str, Path]) -> di
         decision = model_registry.register_and_gate(
             model_uri, name, scores(report[task]), gate, cfg.margin,
             functools.partial(rescore, params, task, store, manifest),
-            higher_is_better=not gate.endswith(LOWER_IS_BETTER))
-        model_registry.registry_client().set_model_version_tag(name, decision.version, "eval_data_digest", digest)
+            higher_is_better=not gate.endswith(LOWER_IS_BETTER),
+            version_tags={**model_digests.tags(), "eval_data_digest": digest})
         # Versions as names ("3"), not numbers to log as metrics.
         version = str(decision.version)
         previous = None if decision.compared_with is None else str(decision.compared_with)
         summary[task] = {"model": name, "version": version, "promoted": decision.promoted,
                          "reason": decision.reason, "compared_with": previous,
                          "champion": version if decision.promoted else previous,
-                         "gate_metric": gate, "gate_delta": decision.deltas.get(gate), "eval_data_digest": digest}
+                         "gate_metric": gate, "gate_delta": decision.deltas.get(gate), "eval_data_digest": digest,
+                         unchanged.DIGEST_TAG: model_digests.package}
     return summary
 
 

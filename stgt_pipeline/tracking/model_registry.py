@@ -62,6 +62,15 @@ def _set_version_tags(client: MlflowClient, name: str, version: str, tags: Mappi
         client.set_model_version_tag(name, version, key, str(value))
 
 
+def find_version(client: MlflowClient, name: str, tags: Mapping[str, str]) -> Any | None:
+    """The newest version of `name` carrying all of `tags` (key = value), None when there is none."""
+    if any("'" in f"{k}{v}" for k, v in tags.items()) or "'" in name:
+        raise StgtError(f"cannot search the registry for {name!r} with tags {dict(tags)}: quote in a name or value")
+    where = " and ".join([f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+    versions = client.search_model_versions(where, max_results=50)
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
 def _active_run_id() -> str:
     import mlflow
 
@@ -77,11 +86,14 @@ def register_and_gate(
     margin: float,
     rescore_champion: Callable[[str], Mapping[str, float]],
     higher_is_better: bool = True,
+    version_tags: Mapping[str, str] | None = None,
 ) -> Decision:
     """Register `model_uri` as a new version of `name` (alias `challenger`) and promote it to `champion` when its
     `gate_metric` beats the champion's by more than `margin`; ties keep the champion. The champion is re-scored
     by `rescore_champion(champion model URI)` on the same evaluation snapshot the challenger's `metrics` came
-    from, never compared with numbers from another dataset. The first model of a name is promoted."""
+    from, never compared with numbers from another dataset. The first model of a name is promoted.
+    `version_tags` (what identifies the model, e.g. its package digest) are written last, once the decision is
+    recorded and the alias moved: a version that carries them has been gated."""
     import mlflow
 
     if gate_metric not in metrics:
@@ -121,6 +133,7 @@ def register_and_gate(
     _set_version_tags(client, name, version, tags)
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
+    _set_version_tags(client, name, version, version_tags or {})
     return decision
 
 

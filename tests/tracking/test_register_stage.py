@@ -1,18 +1,21 @@
 """Stage `register` against the real MLflow server: tiny fine-tuned models (the real pretrain, finetune and evaluate
-stages on the tiny corpus), registered twice. First run: both models promoted to champion. Second run, with a
-worse evaluate report: champion unchanged, the new version tagged with the reason, and the champion re-scored on
-the same snapshot to exactly the numbers the evaluate stage reported for it. Then the champions served as pyfunc."""
+stages on the tiny corpus), registered twice. First run: both models promoted to champion. Second run, another
+model (weights nudged) with a worse evaluate report: champion unchanged, the new version tagged with the reason, and
+the champion re-scored on the same snapshot to exactly the numbers the evaluate stage reported for it. Then the
+champions served as pyfunc. The same model registered again is a no-op: no run, no version, no re-scoring."""
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from stgt_model.data import ClipStore
 from stgt_pipeline import training
@@ -52,6 +55,16 @@ def worse_report(report: Path, dest: Path) -> Path:
     return dest
 
 
+def changed_model(checkpoint: Path, dest: Path) -> Path:
+    """A copy of a fine-tuned checkpoint with one weight nudged: another model to register."""
+    shutil.copytree(checkpoint, dest)
+    state = torch.load(dest / training.MODEL_FILE, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 1e-4
+    torch.save(state, dest / training.MODEL_FILE)
+    return dest
+
+
 def test_register_promotes_then_keeps_champion_and_serves(tracked: str, client, trained: dict[str, Path],
                                                           clean_env: Path) -> None:
     import mlflow
@@ -64,9 +77,13 @@ def test_register_promotes_then_keeps_champion_and_serves(tracked: str, client, 
         assert first[task]["promoted"] and first[task]["champion"] == first[task]["version"]
         assert first[task]["reason"] == "first model: no champion to beat"
         assert re.fullmatch(r"[0-9a-f]{32}", first[task]["eval_data_digest"])
+        tags = client.get_model_version(f"{prefix}-{task}", first[task]["version"]).tags
+        assert tags["package_digest"] == first[task]["package_digest"]
+        assert re.fullmatch(r"[0-9a-f]{64}", tags["weights_digest"])
 
     worse = worse_report(trained["report"], clean_env / "worse_evaluate")
-    second = run_stage("register", params_path="params.yaml", inputs={**trained, "report": worse})
+    changed = {task: changed_model(trained[task], clean_env / f"changed_{task}") for task in ("retrieval", "qa")}
+    second = run_stage("register", params_path="params.yaml", inputs={**trained, **changed, "report": worse})
     reported = json.loads((trained["report"] / "metrics.json").read_text())
     for task, gate, champion_value in (("retrieval", "t2v.R_1", reported["retrieval"]["t2v"]["R@1"]),
                                        ("qa", "accuracy", reported["qa"]["accuracy"])):
@@ -97,6 +114,49 @@ def test_register_promotes_then_keeps_champion_and_serves(tracked: str, client, 
     vocab = json.loads((trained["qa"] / training.VOCAB_FILE).read_text())
     answers = qa.predict(pd.DataFrame({"video_features": [clip], "question": ["what colour is the circle?"]}))
     assert answers["answer"][0] in vocab
+
+
+def test_the_same_model_again_is_a_noop_and_a_changed_one_is_registered(tracked: str, client, trained: dict[str, Path],
+                                                                        clean_env: Path) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    tiny_params(clean_env, register={"model_prefix": prefix})
+    first = run_stage("register", params_path="params.yaml", inputs=trained)
+    written = Path("reports/register.json").read_bytes()
+    experiment = client.get_experiment_by_name(tracked).experiment_id
+    made = len(client.search_runs([experiment]))  # the parent and the stage's run
+
+    def versions(task: str) -> list[str]:
+        return sorted(v.version for v in client.search_model_versions(f"name = '{prefix}-{task}'"))
+
+    started = time.perf_counter()
+    again = run_stage("register", params_path="params.yaml", inputs=trained)
+    seconds = time.perf_counter() - started
+    print(f"register with nothing new: {seconds:.2f}s in process")
+    assert seconds < 5
+    assert len(client.search_runs([experiment])) == made  # no run, parent or stage
+    for task in ("retrieval", "qa"):
+        assert versions(task) == [first[task]["version"]]
+        assert again[task]["version"] == first[task]["version"]
+    assert Path("reports/register.json").read_bytes() == written  # the registration's summary stays (dvc.lock too)
+
+    # One model changed: the stage runs, registers and gates that one only.
+    qa = changed_model(trained["qa"], clean_env / "changed_qa")
+    third = run_stage("register", params_path="params.yaml", inputs={**trained, "qa": qa})
+    assert len(client.search_runs([experiment])) == made + 2
+    assert third["retrieval"]["unchanged"] and third["retrieval"]["version"] == first["retrieval"]["version"]
+    assert versions("retrieval") == [first["retrieval"]["version"]]
+    assert versions("qa") == sorted([first["qa"]["version"], third["qa"]["version"]])
+    assert third["qa"]["compared_with"] == first["qa"]["version"]  # gated against the champion
+    assert third["qa"]["package_digest"] != first["qa"]["package_digest"]
+
+    # Both registered now, whichever was before: no-ops again, naming the version that holds each.
+    for inputs, expected in (({**trained, "qa": qa}, third), (trained, first)):
+        before = len(client.search_runs([experiment]))
+        summary = run_stage("register", params_path="params.yaml", inputs=inputs)
+        assert len(client.search_runs([experiment])) == before
+        assert {t: summary[t]["version"] for t in ("retrieval", "qa")} == \
+            {t: expected[t]["version"] for t in ("retrieval", "qa")}
+    assert versions("qa") == sorted([first["qa"]["version"], third["qa"]["version"]])
 
 
 def test_register_needs_tracking(clean_env: Path, monkeypatch: pytest.MonkeyPatch, trained: dict[str, Path]) -> None:
