@@ -1,7 +1,10 @@
 """Shared test set-up: offline, quiet tools, hermetic temp dirs, paths to the shared real media, an S3 endpoint."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,3 +53,16 @@ def s3(monkeypatch) -> Iterator[Any]:
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop a server started with start_new_session=True and its workers: SIGTERM to the group, SIGKILL after
+    `grace_s`; a group that already exited is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -32,6 +31,7 @@ import yaml
 from kubeflow_trainer_api import models as trainer_api
 
 from stgt_pipeline.kfp.run import trainjob
+from tests.conftest import stop_process_group
 from tests.infra.conftest import K8S, OVERLAYS, tool
 
 KUBERNETES_VERSION = "1.33"
@@ -278,12 +278,7 @@ def test_mlflow_server_takes_its_backend_store_from_the_environment_not_its_comm
         assert len(processes) >= 2  # the server and its uvicorn worker
         assert not [p.cmdline() for p in processes if "s3cr3t" in " ".join(p.cmdline())]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 def test_mlflow_server_has_postgres_s3_artifacts_auth_and_allowed_hosts(rendered):

@@ -3,9 +3,7 @@ the embedding `stgt index` stored for that clip, and a bad request with a 4xx an
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ import pytest
 import requests
 
 from stgt_pipeline.search.index import VideoIndex
+from tests.conftest import stop_process_group
 from tests.search.world import SearchWorld, subprocess_env
 from tests.tracking.conftest import free_port
 
@@ -52,13 +51,7 @@ def served(search_index: SearchWorld, tmp_path_factory: pytest.TempPathFactory) 
             time.sleep(1)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):  # it may have exited already
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 def invoke(url: str, records: list[dict]) -> requests.Response:

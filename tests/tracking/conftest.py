@@ -3,10 +3,8 @@ per session (as soon as collection shows a test needs it) and stopped when the s
 own experiment and working directory."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +17,8 @@ from typing import Any, Iterator
 
 import pytest
 import requests
+
+from tests.conftest import stop_process_group
 
 SERVER_START_TIMEOUT_S = 120  # ~20-25 s on 2 cores with --workers 1 (more on a busy machine)
 _server: dict[str, Any] = {}
@@ -47,14 +47,8 @@ def start_server(root: Path) -> dict[str, Any]:
 
 
 def stop_server(server: dict[str, Any]) -> None:
-    proc = server["proc"]
-    with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # a test server holds nothing worth a slow graceful stop
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # A test may have killed it already; a test server holds nothing worth a slow graceful stop.
+    stop_process_group(server["proc"], grace_s=5)
     server["log"].close()
 
 
