@@ -222,9 +222,9 @@ def embed_video(python_model: Any, video: VideoRef) -> Embedded:
     with _local(video.location) as path:
         try:
             features = packaged.video_features(path)
-        except MlflowException as exc:  # the model's one-line reason (not a video, unreadable)
-            raise VideoUnreadable(exc.message.split(": ", 1)[-1] if "not a readable video" in exc.message
-                                  else exc.message) from None
+        except MlflowException as exc:  # the model's one line; the quarantine entry names the file already
+            prefix = f"not a readable video: {path}: "
+            raise VideoUnreadable(exc.message.removeprefix(prefix)) from None
         duration, thumbnail = _duration_and_thumbnail(path)
     with torch.no_grad():
         tokens = packaged.model.video_tokens(features=features[None])

@@ -179,6 +179,7 @@ def test_real_clips_are_indexed_or_quarantined_with_a_reason(search_env: SearchW
     assert len(index.videos) + len(quarantine) == len(files)
     assert all(q["reason"] for q in quarantine)
     assert "edge_cases/decord_corrupted.mp4" in {q["video_id"] for q in quarantine}
+    assert not [q for q in quarantine if q["reason"].startswith(("/", "not a readable video"))]  # the reason alone
     assert {"codecs/torchcodec_av1_video.mkv", "edge_cases/decord_video_rot90.mov"} <= set(index.videos["video_id"])
     assert np.isfinite(index.vectors).all()
     assert f"{len(index.videos)} videos" in result.stdout
