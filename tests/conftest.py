@@ -5,6 +5,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -66,3 +67,21 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, log_path: Path, timeout_s: float, what: str) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if the process exits or `timeout_s` passes."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not up after {timeout_s}s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)

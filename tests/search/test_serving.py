@@ -6,7 +6,6 @@ import base64
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from stgt_pipeline.search.index import VideoIndex
-from tests.conftest import stop_process_group
+from tests.conftest import stop_process_group, wait_until_up
 from tests.search.world import SearchWorld, subprocess_env
 from tests.tracking.conftest import free_port
 
@@ -37,18 +36,7 @@ def served(search_index: SearchWorld, tmp_path_factory: pytest.TempPathFactory) 
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve not up after {START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+        wait_until_up(proc, f"{url}/ping", log_path, START_TIMEOUT_S, "mlflow models serve")
         yield url
     finally:
         stop_process_group(proc)

@@ -9,16 +9,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import requests
 
-from tests.conftest import stop_process_group
+from tests.conftest import stop_process_group, wait_until_up
 
 SERVER_START_TIMEOUT_S = 120  # ~20-25 s on 2 cores with --workers 1 (more on a busy machine)
 _server: dict[str, Any] = {}
@@ -54,19 +52,9 @@ def stop_server(server: dict[str, Any]) -> None:
 
 def wait_healthy(server: dict[str, Any]) -> str:
     """The server's URL once /health answers."""
-    proc, url, log_path = server["proc"], server["url"], server["root"] / "server.log"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return url
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.5)
+    wait_until_up(server["proc"], f"{server['url']}/health", server["root"] / "server.log", SERVER_START_TIMEOUT_S,
+                  "mlflow server")
+    return server["url"]
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection
