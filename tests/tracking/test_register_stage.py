@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 import uuid
 from pathlib import Path
 
@@ -128,11 +127,7 @@ def test_the_same_model_again_is_a_noop_and_a_changed_one_is_registered(tracked:
     def versions(task: str) -> list[str]:
         return sorted(v.version for v in client.search_model_versions(f"name = '{prefix}-{task}'"))
 
-    started = time.perf_counter()
     again = run_stage("register", params_path="params.yaml", inputs=trained)
-    seconds = time.perf_counter() - started
-    print(f"register with nothing new: {seconds:.2f}s in process")
-    assert seconds < 5
     assert len(client.search_runs([experiment])) == made  # no run, parent or stage
     for task in ("retrieval", "qa"):
         assert versions(task) == [first[task]["version"]]
